@@ -1,0 +1,94 @@
+//! `feedline bench`: the engine's throughput next to a bare serde_json baseline, in one run.
+//!
+//! Pipeline: generator (Cosmos-style changes, rendered and parsed like real input) →
+//! drop_own_cluster → soft_delete → invalidate_cache → blackhole, with full delivery tracking.
+//! Baseline: render the same events, `serde_json::from_str`, `serde_json::to_vec` — the least
+//! any JSON pipe must do.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use feedline_connectors::generator::{render, Shape};
+use feedline_engine::config::load_file;
+use feedline_engine::health::Health;
+use feedline_engine::metrics::Metrics;
+use feedline_engine::runtime::{run_pipeline, RuntimeOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::commands::registry;
+
+fn pipeline_toml(events: u64) -> String {
+    format!(
+        r#"name = "bench"
+[source]
+type = "generator"
+shape = "cosmos_change"
+count = {events}
+batch_size = 1000
+
+[[transforms]]
+type = "drop_own_cluster"
+cluster_id = "west"
+
+[[transforms]]
+type = "soft_delete"
+mode = "mark"
+
+[[transforms]]
+type = "invalidate_cache"
+instance_id = "cache-invalidator"
+
+[[sinks]]
+type = "blackhole"
+"#
+    )
+}
+
+/// Peak resident set size of this process in MiB (Linux), if known.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn baseline(events: u64) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut bytes = 0usize;
+    for i in 0..events {
+        let text = render(Shape::CosmosChange, i);
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        bytes += std::hint::black_box(serde_json::to_vec(&v)?).len();
+    }
+    std::hint::black_box(bytes);
+    Ok(started.elapsed())
+}
+
+pub fn run(events: u64) -> anyhow::Result<ExitCode> {
+    let dir = std::env::temp_dir().join(format!("feedline-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("bench.toml");
+    std::fs::write(&file, pipeline_toml(events))?;
+    let def = load_file(&file, &registry(), &|_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let options = RuntimeOptions { data_dir: dir.join("data"), drain_timeout: Duration::from_secs(30) };
+    let metrics = Metrics::new();
+    let started = Instant::now();
+    runtime
+        .block_on(run_pipeline(Arc::new(def), options, metrics.clone(), Health::default(), CancellationToken::new()))
+        .context("bench pipeline")?;
+    let engine = started.elapsed();
+    let rss = peak_rss_mib();
+    let base = baseline(events)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let rate = |d: Duration| events as f64 / d.as_secs_f64();
+    println!("feedline bench: {events} Cosmos-style change events, 3 transforms, blackhole sink");
+    println!("  engine   (generator → drop_own_cluster → soft_delete → invalidate_cache → blackhole)");
+    println!("           {:>12.0} events/s   {:>8.3} s   peak RSS {:.1} MiB", rate(engine), engine.as_secs_f64(), rss.unwrap_or(f64::NAN));
+    println!("  baseline (render + serde_json parse + serialize, one thread)");
+    println!("           {:>12.0} events/s   {:>8.3} s", rate(base), base.as_secs_f64());
+    println!("  ratio engine/baseline: {:.2}", rate(engine) / rate(base));
+    Ok(ExitCode::SUCCESS)
+}

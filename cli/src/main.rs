@@ -1,0 +1,141 @@
+//! The `feedline` command. Errors become exit codes here and nowhere else.
+
+mod bench;
+mod commands;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Feedline moves events from a source through transforms to sinks, at least once.
+///
+/// A pipeline file (TOML) names one source, an ordered list of transforms, one or more sinks, an
+/// optional dead-letter sink and optional [[test]] cases. Start with:
+///
+///   feedline validate examples/quickstart.toml
+///   feedline run examples/quickstart.toml
+///
+/// Docs: docs/pipeline-reference.md (file format), docs/connectors.md, docs/architecture.md.
+#[derive(Parser)]
+#[command(name = "feedline", version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Log format on stderr. Levels come from RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every pipeline in the given files and directories until SIGTERM/SIGINT (or until all
+    /// of them finish, e.g. a file source without `follow`).
+    ///
+    /// On shutdown each pipeline stops reading, drains in-flight events within
+    /// --drain-timeout, commits checkpoints and exits 0.
+    Run {
+        /// Pipeline files, or directories whose *.toml files are pipelines.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Serve /metrics, /health and /ready here (e.g. 127.0.0.1:9598; port 0 picks a free port,
+        /// printed on stderr).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Checkpoints and default dead-letter files.
+        #[arg(long, env = "FEEDLINE_DATA_DIR", default_value = "feedline-data")]
+        data_dir: PathBuf,
+        /// Seconds a stopping pipeline may spend delivering in-flight events.
+        #[arg(long, default_value_t = 30)]
+        drain_timeout: u64,
+    },
+    /// Check pipeline files without touching the network. Prints file:line:column errors and
+    /// exits 1 if there are any.
+    Validate {
+        /// Pipeline files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Run the [[test]] cases embedded in pipeline files through their transforms, offline.
+    /// Prints a diff for each failing case; exits 1 if any fails.
+    Test {
+        /// Pipeline files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print a pipeline's stages as a Mermaid flowchart or Graphviz DOT.
+    Graph {
+        /// A pipeline file.
+        path: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
+        format: GraphFormat,
+    },
+    /// Print the JSON Schema of pipeline files (for editor completion and CI checks).
+    Schema,
+    /// Benchmarks that print figures next to a baseline measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// generator → 3 built-in transforms → blackhole, next to a bare serde_json parse +
+    /// serialize of the same events; events/s and peak RSS.
+    Engine {
+        /// Events per run.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Mermaid,
+    Dot,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Run { paths, listen, data_dir, drain_timeout } => {
+            commands::run(&paths, listen, data_dir, Duration::from_secs(drain_timeout))
+        }
+        Command::Validate { paths } => commands::validate(&paths),
+        Command::Test { paths } => commands::test(&paths),
+        Command::Graph { path, format } => commands::graph(&path, matches!(format, GraphFormat::Dot)),
+        Command::Schema => commands::schema(),
+        Command::Bench { which } => match which {
+            Bench::Engine { events } => bench::run(events),
+        },
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

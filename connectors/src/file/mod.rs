@@ -1,0 +1,7 @@
+//! The `file` source (JSON lines, checkpointed, optional `follow`) and the `file` sink.
+
+mod sink;
+mod source;
+
+pub use sink::FileSinkConfig;
+pub use source::{FileSourceConfig, StartAt};

@@ -1,0 +1,28 @@
+//! # feedline-connectors
+//!
+//! Sources and sinks, one folder or file each (config struct, implementation, unit tests):
+//!
+//! - [`file`]: JSON-lines `file` source (checkpointed, optional `follow`) and `file` sink.
+//! - [`stdio`]: `stdin` source and `stdout` sink.
+//! - [`generator`]: synthetic events at a rate, for demos and benchmarks.
+//! - [`blackhole`]: a sink that discards (and counts) everything.
+//!
+//! [`register`] is the explicit list: adding a connector adds one line there.
+
+pub mod blackhole;
+pub mod file;
+pub mod generator;
+mod lines;
+pub mod stdio;
+
+use feedline_engine::Registry;
+
+/// Register every connector. One line per source or sink type.
+pub fn register(registry: &mut Registry) {
+    registry.add_source::<file::FileSourceConfig>();
+    registry.add_source::<stdio::StdinSourceConfig>();
+    registry.add_source::<generator::GeneratorConfig>();
+    registry.add_sink::<file::FileSinkConfig>();
+    registry.add_sink::<stdio::StdoutSinkConfig>();
+    registry.add_sink::<blackhole::BlackholeConfig>();
+}

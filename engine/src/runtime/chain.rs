@@ -1,0 +1,82 @@
+//! The transform chain: events through each transform in order, tokens carried along.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::ack::AckToken;
+use crate::component::{Batch, Output, Rejected, Transform};
+use crate::metrics::ComponentMetrics;
+
+/// A built transform with its id and counters.
+pub struct ChainStage {
+    /// Component id.
+    pub id: String,
+    /// Component type.
+    pub type_name: String,
+    /// The transform.
+    pub transform: Box<dyn Transform>,
+    /// Its counters.
+    pub metrics: Option<ComponentMetrics>,
+}
+
+/// A transform panicked: a bug, never an input problem. The batch stays unacknowledged.
+#[derive(Debug, thiserror::Error)]
+#[error("transform `{id}` panicked: {message}")]
+pub struct TransformPanic {
+    /// Which transform.
+    pub id: String,
+    /// The panic payload, if it was text.
+    pub message: String,
+}
+
+/// Run `batch` through every stage. Returns the surviving events and the rejections.
+pub fn run_chain(stages: &mut [ChainStage], mut batch: Batch) -> Result<(Batch, Vec<Rejected>), TransformPanic> {
+    let mut rejected = Vec::new();
+    for stage in stages.iter_mut() {
+        if batch.is_empty() {
+            break;
+        }
+        let n = batch.len();
+        let started = std::time::Instant::now();
+        let mut out = Output::default();
+        let events = std::mem::take(&mut batch.events);
+        let result = catch_unwind(AssertUnwindSafe(|| stage.transform.transform_batch(events, &mut out)));
+        if let Err(payload) = result {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            return Err(TransformPanic { id: stage.id.clone(), message });
+        }
+        let acks = std::mem::take(&mut batch.acks);
+        let mut touched = vec![false; n];
+        let mut next = Batch::with_capacity(out.emitted.len());
+        for (i, event) in out.emitted {
+            if let Some(ack) = acks.get(i) {
+                touched[i] = true;
+                next.push(event, ack.clone());
+            } else {
+                tracing::error!(transform = %stage.id, index = i, "transform emitted from an input index outside the batch; output ignored");
+            }
+        }
+        let stage_name = format!("transform.{}", stage.id);
+        for (i, event, error) in out.rejected {
+            if let Some(ack) = acks.get(i) {
+                touched[i] = true;
+                rejected.push(Rejected { stage: stage_name.clone(), error, event, ack: ack.clone() });
+            }
+        }
+        let dropped = touched.iter().filter(|t| !**t).count();
+        // Each input's own share is done: its outputs and rejections hold clones.
+        acks.into_iter().for_each(AckToken::ack);
+        if let Some(m) = &stage.metrics {
+            m.events_in.inc_by(n as u64);
+            m.events_out.inc_by(next.len() as u64);
+            m.dropped.inc_by(dropped as u64);
+            m.rejected.inc_by(rejected.iter().filter(|r| r.stage == stage_name).count() as u64);
+            m.batch_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        batch = next;
+    }
+    Ok((batch, rejected))
+}

@@ -1,0 +1,273 @@
+//! Running pipelines: one task per source, one for the transform chain, one driver per sink and
+//! one for the dead-letter sink, joined by bounded channels.
+//!
+//! Shutdown order is the delivery contract: the source stops reading, waits for its in-flight
+//! events (bounded by the drain timeout) and commits; its channel closes, which ends the chain,
+//! which ends the sink drivers after their last writes, which ends the dead-letter driver. Tasks
+//! still running at the hard deadline are aborted: their events stay unacknowledged and are read
+//! again after a restart.
+
+mod chain;
+mod dead_letter;
+mod sink_driver;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use chain::{run_chain, ChainStage, TransformPanic};
+pub use dead_letter::{default_path as default_dead_letter_path, envelope as dead_letter_envelope};
+
+use crate::checkpoint::CheckpointStore;
+use crate::component::{Batch, ComponentError, ErrorClass, Rejected, SourceContext};
+use crate::config::{PipelineDef, SinkDef};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::registry::BuildContext;
+use sink_driver::{Fallback, SinkDriver};
+
+/// Process-wide runtime settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Checkpoints and default dead-letter files live here.
+    pub data_dir: PathBuf,
+    /// How long a stopping pipeline may drain in-flight events.
+    pub drain_timeout: Duration,
+}
+
+/// Why a pipeline stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A component could not be built.
+    #[error("pipeline `{pipeline}`: cannot build `{component}`: {error}")]
+    Build {
+        /// Pipeline.
+        pipeline: String,
+        /// Component id.
+        component: String,
+        /// Why.
+        error: ComponentError,
+    },
+    /// A component failed fatally while running.
+    #[error("pipeline `{pipeline}` stopped: {reason}")]
+    Failed {
+        /// Pipeline.
+        pipeline: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+struct Shared {
+    name: Arc<str>,
+    def: Arc<PipelineDef>,
+    metrics: Metrics,
+    options: RuntimeOptions,
+    fatal: CancellationToken,
+    fatal_reason: Arc<Mutex<Option<String>>>,
+}
+
+impl Shared {
+    fn build_context(&self, component: &str) -> BuildContext {
+        BuildContext {
+            pipeline: self.name.clone(),
+            component_id: component.into(),
+            base_dir: self.def.base_dir.clone(),
+            data_dir: self.options.data_dir.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    fn fail(&self, reason: String) {
+        if let Ok(mut r) = self.fatal_reason.lock() {
+            r.get_or_insert(reason);
+        }
+        self.fatal.cancel();
+    }
+
+    fn build_error(&self, component: &str, error: ComponentError) -> PipelineError {
+        PipelineError::Build { pipeline: self.name.to_string(), component: component.to_owned(), error }
+    }
+
+    fn driver(&self, sink: &SinkDef, kind: &str, fallback: Fallback) -> Result<(SinkDriver, Arc<dyn crate::component::Sink>), PipelineError> {
+        let id = &sink.component.id;
+        let built = sink.component.config.build(&self.build_context(id)).map_err(|e| self.build_error(id, e))?;
+        let driver = SinkDriver {
+            stage: format!("sink.{id}"),
+            sink: built.clone(),
+            options: sink.options.clone(),
+            metrics: self.metrics.component(&self.name, id, kind),
+            fallback,
+            fatal: self.fatal.clone(),
+            fatal_reason: self.fatal_reason.clone(),
+        };
+        Ok((driver, built))
+    }
+}
+
+/// Run one pipeline until `shutdown` is cancelled (then drain and return `Ok`) or a component
+/// fails fatally (then drain what can be drained and return the error).
+pub async fn run_pipeline(
+    def: Arc<PipelineDef>,
+    options: RuntimeOptions,
+    metrics: Metrics,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<(), PipelineError> {
+    let fatal = shutdown.child_token();
+    let shared = Shared {
+        name: def.name.as_str().into(),
+        def: def.clone(),
+        metrics,
+        options,
+        fatal: fatal.clone(),
+        fatal_reason: Arc::new(Mutex::new(None)),
+    };
+    let name = shared.name.clone();
+    health.starting(&name);
+
+    // Build everything before any I/O so configuration mistakes surface at once.
+    let (dl_tx, dl_rx) = mpsc::channel::<Rejected>(1024);
+    let default_dead_letter;
+    let dead_letter_def = match &def.dead_letter {
+        Some(d) => d,
+        None => {
+            default_dead_letter = dead_letter::default_sink();
+            &default_dead_letter
+        }
+    };
+    let (dl_driver, dl_sink) = shared.driver(dead_letter_def, "dead_letter", Fallback::Abandon)?;
+    let mut sinks = Vec::new();
+    for sink in &def.sinks {
+        sinks.push((shared.driver(sink, "sink", Fallback::DeadLetter(dl_tx.clone()))?, sink.options.buffer));
+    }
+    let mut stages = Vec::new();
+    for t in &def.transforms {
+        let transform = t.config.build(&shared.build_context(&t.id)).map_err(|e| shared.build_error(&t.id, e))?;
+        let metrics = Some(shared.metrics.component(&name, &t.id, "transform"));
+        stages.push(ChainStage { id: t.id.clone(), type_name: t.type_name.clone(), transform, metrics });
+    }
+    let source_id = def.source.id.clone();
+    let source = def.source.config.build(&shared.build_context(&source_id)).map_err(|e| shared.build_error(&source_id, e))?;
+
+    // Targets first: a sink that cannot start keeps the source from reading.
+    let to_start = std::iter::once(&dl_sink).chain(sinks.iter().map(|((_, s), _)| s));
+    for sink in to_start {
+        start_sink(sink.as_ref(), &fatal).await.map_err(|e| PipelineError::Failed { pipeline: name.to_string(), reason: e.message })?;
+    }
+
+    let mut tasks = JoinSet::new();
+    let mut sink_txs = Vec::new();
+    for ((driver, _), buffer) in sinks {
+        let (tx, rx) = mpsc::channel::<Batch>(buffer);
+        sink_txs.push(tx);
+        tasks.spawn(driver.run(rx));
+    }
+    tasks.spawn(dead_letter::run(dl_driver, dl_rx, name.clone()));
+    let (src_tx, src_rx) = mpsc::channel::<Batch>(4);
+    tasks.spawn(run_transforms(stages, src_rx, sink_txs, dl_tx.clone(), shared.fatal.clone(), shared.fatal_reason.clone()));
+
+    let ctx = SourceContext {
+        pipeline: name.clone(),
+        component_id: source_id.as_str().into(),
+        shutdown: fatal.clone(),
+        drain_timeout: shared.options.drain_timeout,
+        checkpoints: CheckpointStore::new(&shared.options.data_dir, &name, &source_id),
+        metrics: shared.metrics.component(&name, &source_id, "source"),
+        base_dir: def.base_dir.clone(),
+        out: src_tx,
+        dead_letter: dl_tx,
+    };
+    health.running(&name);
+    tracing::info!(pipeline = %name, source = %source_id, sinks = def.sinks.len(), transforms = def.transforms.len(), "pipeline running");
+    let source_result = source.run(ctx).await;
+    if let Err(e) = &source_result {
+        shared.fail(format!("source.{source_id}: {}", e.message));
+    }
+    // The source has returned and dropped its sender: downstream drains on its own.
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(shared.options.drain_timeout, drain).await.is_err() {
+        tracing::warn!(pipeline = %name, "drain deadline passed; unfinished events will be re-read after restart");
+        tasks.abort_all();
+    }
+    let reason = shared.fatal_reason.lock().ok().and_then(|mut r| r.take());
+    match reason {
+        Some(reason) => {
+            health.failed(&name, &reason);
+            Err(PipelineError::Failed { pipeline: name.to_string(), reason })
+        }
+        None => {
+            health.stopped(&name);
+            tracing::info!(pipeline = %name, "pipeline stopped");
+            Ok(())
+        }
+    }
+}
+
+async fn start_sink(sink: &dyn crate::component::Sink, stop: &CancellationToken) -> Result<(), ComponentError> {
+    let retry = crate::config::RetryOptions::default();
+    let mut attempt = 0;
+    loop {
+        match sink.start().await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.class == ErrorClass::Retriable => {
+                attempt += 1;
+                tracing::warn!(attempt, error = %e.message, "sink not ready; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(sink_driver::backoff(&retry, attempt)) => {}
+                    _ = stop.cancelled() => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn run_transforms(
+    mut stages: Vec<ChainStage>,
+    mut rx: mpsc::Receiver<Batch>,
+    sinks: Vec<mpsc::Sender<Batch>>,
+    dead_letter: mpsc::Sender<Rejected>,
+    fatal: CancellationToken,
+    fatal_reason: Arc<Mutex<Option<String>>>,
+) {
+    while let Some(batch) = rx.recv().await {
+        let (out, rejected) = match run_chain(&mut stages, batch) {
+            Ok(r) => r,
+            Err(panic) => {
+                tracing::error!(error = %panic, "transform panicked; stopping the pipeline");
+                if let Ok(mut r) = fatal_reason.lock() {
+                    r.get_or_insert(panic.to_string());
+                }
+                fatal.cancel();
+                return;
+            }
+        };
+        for r in rejected {
+            if dead_letter.send(r).await.is_err() {
+                return;
+            }
+        }
+        if out.is_empty() {
+            continue;
+        }
+        // Fan-out: every sink but the last gets a copy; each copy holds its own token shares.
+        let (last, rest) = match sinks.split_last() {
+            Some(x) => x,
+            None => continue,
+        };
+        for tx in rest {
+            let copy = Batch { events: out.events.clone(), acks: out.acks.clone() };
+            if tx.send(copy).await.is_err() {
+                return;
+            }
+        }
+        if last.send(out).await.is_err() {
+            return;
+        }
+    }
+}

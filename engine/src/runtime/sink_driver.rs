@@ -1,0 +1,218 @@
+//! Drives one sink: batching, bounded concurrency, rate cap, retries with backoff and jitter,
+//! and the resolution of every event's ack token.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::AckToken;
+use crate::component::{Batch, ErrorClass, Rejected, Sink};
+use crate::config::{RetryOptions, SinkOptions};
+use crate::event::Event;
+use crate::metrics::ComponentMetrics;
+
+/// Where a driver sends what it cannot deliver.
+pub(crate) enum Fallback {
+    /// Rejected events go to the dead-letter channel.
+    DeadLetter(mpsc::Sender<Rejected>),
+    /// This is the dead-letter sink: a rejection abandons the event (never lost, never acked).
+    Abandon,
+}
+
+pub(crate) struct SinkDriver {
+    pub stage: String,
+    pub sink: Arc<dyn Sink>,
+    pub options: SinkOptions,
+    pub metrics: ComponentMetrics,
+    pub fallback: Fallback,
+    /// Cancelled on a fatal error; the pipeline stops.
+    pub fatal: CancellationToken,
+    pub fatal_reason: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+struct RateLimiter {
+    per_event: Duration,
+    next: Instant,
+}
+
+impl RateLimiter {
+    async fn wait(&mut self, n: usize) {
+        let now = Instant::now();
+        if self.next > now {
+            tokio::time::sleep(self.next - now).await;
+        }
+        self.next = self.next.max(now) + self.per_event * n as u32;
+    }
+}
+
+impl SinkDriver {
+    /// Largest write: a rate cap keeps bursts to ~100 ms worth of events.
+    fn max_events(&self) -> usize {
+        let cap = self.options.batch.max_events;
+        match self.options.rate_limit {
+            Some(rate) => cap.min(((rate / 10.0).ceil() as usize).max(1)),
+            None => cap,
+        }
+    }
+
+    pub async fn run(self, mut rx: mpsc::Receiver<Batch>) {
+        let this = Arc::new(self);
+        let permits = Arc::new(Semaphore::new(this.options.max_in_flight));
+        let mut limiter = this.options.rate_limit.map(|r| RateLimiter {
+            per_event: Duration::from_secs_f64(1.0 / r),
+            next: Instant::now(),
+        });
+        let max = this.max_events();
+        let linger = Duration::from_millis(this.options.batch.timeout_ms);
+        let mut tasks = JoinSet::new();
+        let mut pending = Batch::with_capacity(max);
+        let mut open = true;
+        while open || !pending.is_empty() {
+            // Fill up to `max`, waiting at most `linger` once something is pending.
+            let deadline = tokio::time::Instant::now() + linger;
+            while open && pending.len() < max {
+                let next = if pending.is_empty() {
+                    rx.recv().await
+                } else {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(b) => b,
+                        Err(_) => break,
+                    }
+                };
+                match next {
+                    Some(b) => {
+                        pending.events.extend(b.events);
+                        pending.acks.extend(b.acks);
+                    }
+                    None => open = false,
+                }
+            }
+            // The fill loop stopped: full, lingered long enough, or input closed. Flush it all.
+            while !pending.is_empty() {
+                let take = pending.len().min(max);
+                let events: Vec<Event> = pending.events.drain(..take).collect();
+                let acks: Vec<AckToken> = pending.acks.drain(..take).collect();
+                if let Some(l) = limiter.as_mut() {
+                    l.wait(events.len()).await;
+                }
+                let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                while tasks.try_join_next().is_some() {}
+                let this = this.clone();
+                tasks.spawn(async move {
+                    this.deliver(events, acks).await;
+                    drop(permit);
+                });
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        this.sink.stop().await;
+    }
+
+    /// Write until every event is delivered, rejected, or given up on.
+    async fn deliver(&self, mut events: Vec<Event>, mut acks: Vec<AckToken>) {
+        let mut attempt: u32 = 0;
+        loop {
+            self.metrics.events_in.inc_by(if attempt == 0 { events.len() as u64 } else { 0 });
+            let started = Instant::now();
+            let results = self.sink.write(&events).await;
+            self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+            let mut retry_events = Vec::new();
+            let mut retry_acks = Vec::new();
+            let mut last_error = String::new();
+            let mut results = results.into_iter();
+            for (event, ack) in events.into_iter().zip(acks) {
+                let result = results.next().unwrap_or_else(|| {
+                    Err(crate::component::ComponentError::retriable("sink returned fewer results than events"))
+                });
+                match result {
+                    Ok(()) => {
+                        self.metrics.events_out.inc();
+                        ack.ack();
+                    }
+                    Err(e) => match e.class {
+                        ErrorClass::Retriable => {
+                            last_error = e.message;
+                            retry_events.push(event);
+                            retry_acks.push(ack);
+                        }
+                        ErrorClass::Reject => self.reject(event, ack, e.message).await,
+                        ErrorClass::Fatal => {
+                            tracing::error!(stage = %self.stage, error = %e.message, "fatal sink error; stopping the pipeline");
+                            if let Ok(mut r) = self.fatal_reason.lock() {
+                                r.get_or_insert(format!("{}: {}", self.stage, e.message));
+                            }
+                            self.fatal.cancel();
+                            drop(ack); // abandoned: it will be read again after a restart
+                        }
+                    },
+                }
+            }
+            if retry_events.is_empty() {
+                return;
+            }
+            attempt += 1;
+            if self.options.retry.max_attempts.is_some_and(|max| attempt >= max) {
+                let reason = format!("gave up after {attempt} attempts: {last_error}");
+                for (event, ack) in retry_events.into_iter().zip(retry_acks) {
+                    self.reject(event, ack, reason.clone()).await;
+                }
+                return;
+            }
+            self.metrics.retries.inc_by(retry_events.len() as u64);
+            let wait = backoff(&self.options.retry, attempt);
+            tracing::warn!(stage = %self.stage, attempt, events = retry_events.len(), error = %last_error, backoff_ms = wait.as_millis() as u64, "retrying write");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.fatal.cancelled() => return, // tokens abandoned: re-read after restart
+            }
+            events = retry_events;
+            acks = retry_acks;
+        }
+    }
+
+    async fn reject(&self, event: Event, ack: AckToken, error: String) {
+        self.metrics.rejected.inc();
+        match &self.fallback {
+            Fallback::DeadLetter(tx) => {
+                let r = Rejected { stage: self.stage.clone(), error, event, ack };
+                if let Err(mpsc::error::SendError(r)) = tx.send(r).await {
+                    tracing::error!(stage = %self.stage, error = %r.error, "dead-letter channel closed; event will be re-read after restart");
+                }
+            }
+            Fallback::Abandon => {
+                tracing::error!(stage = %self.stage, %error, "the dead-letter sink rejected an event; it stays unacknowledged and will be re-read after restart");
+                drop(ack);
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in [base/2, base], base doubling to the cap.
+pub(crate) fn backoff(retry: &RetryOptions, attempt: u32) -> Duration {
+    let base = retry.initial_backoff_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
+    let capped = base.min(retry.max_backoff_ms).max(1);
+    let ms = rand::rng().random_range(capped / 2..=capped);
+    Duration::from_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_caps() {
+        let r = RetryOptions { initial_backoff_ms: 100, max_backoff_ms: 1000, max_attempts: None };
+        for _ in 0..50 {
+            let b1 = backoff(&r, 1).as_millis();
+            let b3 = backoff(&r, 3).as_millis();
+            let b10 = backoff(&r, 10).as_millis();
+            assert!((50..=100).contains(&b1), "{b1}");
+            assert!((200..=400).contains(&b3), "{b3}");
+            assert!((500..=1000).contains(&b10), "{b10}");
+        }
+    }
+}
