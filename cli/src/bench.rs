@@ -77,7 +77,13 @@ pub fn run(events: u64) -> anyhow::Result<ExitCode> {
     let metrics = Metrics::new();
     let started = Instant::now();
     runtime
-        .block_on(run_pipeline(Arc::new(def), options, metrics.clone(), Health::default(), CancellationToken::new()))
+        .block_on(run_pipeline(
+            Arc::new(def),
+            options,
+            metrics.clone(),
+            Health::default(),
+            CancellationToken::new(),
+        ))
         .context("bench pipeline")?;
     let engine = started.elapsed();
     let rss = peak_rss_mib();
@@ -86,7 +92,12 @@ pub fn run(events: u64) -> anyhow::Result<ExitCode> {
     let rate = |d: Duration| events as f64 / d.as_secs_f64();
     println!("feedline bench: {events} Cosmos-style change events, 3 transforms, blackhole sink");
     println!("  engine   (generator → drop_own_cluster → soft_delete → invalidate_cache → blackhole)");
-    println!("           {:>12.0} events/s   {:>8.3} s   peak RSS {:.1} MiB", rate(engine), engine.as_secs_f64(), rss.unwrap_or(f64::NAN));
+    println!(
+        "           {:>12.0} events/s   {:>8.3} s   peak RSS {:.1} MiB",
+        rate(engine),
+        engine.as_secs_f64(),
+        rss.unwrap_or(f64::NAN)
+    );
     println!("  baseline (render + serde_json parse + serialize, one thread)");
     println!("           {:>12.0} events/s   {:>8.3} s", rate(base), base.as_secs_f64());
     println!("  ratio engine/baseline: {:.2}", rate(engine) / rate(base));

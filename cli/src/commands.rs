@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use feedline_engine::config::{load_file, load_paths, pipeline_schema, ConfigErrors, PipelineDef};
+use feedline_engine::config::{
+    load_file, load_paths, pipeline_schema, reference_markdown, ConfigErrors, PipelineDef,
+};
 use feedline_engine::health::Health;
 use feedline_engine::metrics::Metrics;
 use feedline_engine::runtime::{run_pipeline, RuntimeOptions};
@@ -85,12 +87,21 @@ pub fn graph(path: &Path, dot: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn schema() -> anyhow::Result<ExitCode> {
-    println!("{}", serde_json::to_string_pretty(&pipeline_schema(&registry()))?);
+pub fn schema(markdown: bool) -> anyhow::Result<ExitCode> {
+    if markdown {
+        print!("{}", reference_markdown(&registry()));
+    } else {
+        println!("{}", serde_json::to_string_pretty(&pipeline_schema(&registry()))?);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn run(paths: &[PathBuf], listen: Option<SocketAddr>, data_dir: PathBuf, drain: Duration) -> anyhow::Result<ExitCode> {
+pub fn run(
+    paths: &[PathBuf],
+    listen: Option<SocketAddr>,
+    data_dir: PathBuf,
+    drain: Duration,
+) -> anyhow::Result<ExitCode> {
     let defs = match load(paths) {
         Ok(d) => d,
         Err(errors) => {
@@ -98,11 +109,17 @@ pub fn run(paths: &[PathBuf], listen: Option<SocketAddr>, data_dir: PathBuf, dra
             return Ok(ExitCode::FAILURE);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(run_all(defs, listen, data_dir, drain))
 }
 
-async fn run_all(defs: Vec<PipelineDef>, listen: Option<SocketAddr>, data_dir: PathBuf, drain: Duration) -> anyhow::Result<ExitCode> {
+async fn run_all(
+    defs: Vec<PipelineDef>,
+    listen: Option<SocketAddr>,
+    data_dir: PathBuf,
+    drain: Duration,
+) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
     let health = Health::default();
@@ -111,17 +128,29 @@ async fn run_all(defs: Vec<PipelineDef>, listen: Option<SocketAddr>, data_dir: P
     }
     let ops_stop = CancellationToken::new();
     if let Some(addr) = listen {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let bound = listener.local_addr()?;
         tracing::info!(%bound, "serving /metrics, /health, /ready");
         eprintln!("feedline: listening on {bound}");
-        tokio::spawn(feedline_engine::ops::serve(listener, metrics.clone(), health.clone(), ops_stop.clone()));
+        tokio::spawn(feedline_engine::ops::serve(
+            listener,
+            metrics.clone(),
+            health.clone(),
+            ops_stop.clone(),
+        ));
     }
     tokio::spawn(watch_signals(shutdown.clone()));
     let options = RuntimeOptions { data_dir, drain_timeout: drain };
     let mut tasks = tokio::task::JoinSet::new();
     for def in defs {
-        tasks.spawn(run_pipeline(Arc::new(def), options.clone(), metrics.clone(), health.clone(), shutdown.clone()));
+        tasks.spawn(run_pipeline(
+            Arc::new(def),
+            options.clone(),
+            metrics.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
     }
     let mut failed = false;
     while let Some(joined) = tasks.join_next().await {
@@ -144,7 +173,8 @@ async fn watch_signals(shutdown: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
             return;
         };
         for round in 0..2 {

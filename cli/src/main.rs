@@ -80,8 +80,13 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
     },
-    /// Print the JSON Schema of pipeline files (for editor completion and CI checks).
-    Schema,
+    /// Print the JSON Schema of pipeline files (for editor completion and CI checks), or the
+    /// component reference in Markdown (docs/components.md is this output).
+    Schema {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = SchemaFormat::Json)]
+        format: SchemaFormat,
+    },
     /// Benchmarks that print figures next to a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -98,6 +103,12 @@ enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SchemaFormat {
+    Json,
+    Markdown,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -126,7 +137,7 @@ fn main() -> ExitCode {
         Command::Validate { paths } => commands::validate(&paths),
         Command::Test { paths } => commands::test(&paths),
         Command::Graph { path, format } => commands::graph(&path, matches!(format, GraphFormat::Dot)),
-        Command::Schema => commands::schema(),
+        Command::Schema { format } => commands::schema(matches!(format, SchemaFormat::Markdown)),
         Command::Bench { which } => match which {
             Bench::Engine { events } => bench::run(events),
         },

@@ -52,7 +52,12 @@ fn unknown_top_level_key_suggests_the_close_one() {
     expect_error(
         &format!("{GOOD_SOURCE}[[sink]]\ntype = \"blackhole\"\n"),
         &[],
-        &["error: unknown top-level key `sink`", "--> DIR/p.toml:4:3", "4 | [[sink]]", "= hint: did you mean `sinks`?"],
+        &[
+            "error: unknown top-level key `sink`",
+            "--> DIR/p.toml:4:3",
+            "4 | [[sink]]",
+            "= hint: did you mean `sinks`?",
+        ],
     );
 }
 
@@ -61,7 +66,12 @@ fn unknown_component_type() {
     expect_error(
         "[source]\ntype = \"flie\"\npath = \"x\"\n[[sinks]]\ntype = \"blackhole\"\n",
         &[],
-        &["error: unknown source type `flie`", "--> DIR/p.toml:2:8", "2 | type = \"flie\"", "= hint: did you mean `file`?"],
+        &[
+            "error: unknown source type `flie`",
+            "--> DIR/p.toml:2:8",
+            "2 | type = \"flie\"",
+            "= hint: did you mean `file`?",
+        ],
     );
 }
 
@@ -70,7 +80,13 @@ fn unknown_field_in_a_component() {
     expect_error(
         &format!("{GOOD_SOURCE}[[sinks]]\ntype = \"file\"\npath = \"o.jsonl\"\nfsink = false\n"),
         &[],
-        &["error: unknown field `fsink` in sink `file`", "--> DIR/p.toml:7:1", "7 | fsink = false", "  | ^^^^^", "= hint: did you mean `fsync`?"],
+        &[
+            "error: unknown field `fsink` in sink `file`",
+            "--> DIR/p.toml:7:1",
+            "7 | fsink = false",
+            "  | ^^^^^",
+            "= hint: did you mean `fsync`?",
+        ],
     );
 }
 
@@ -88,7 +104,11 @@ fn missing_required_field() {
     expect_error(
         "[source]\ntype = \"file\"\n[[sinks]]\ntype = \"blackhole\"\n",
         &[],
-        &["error: source `file` is missing the required field `path`", "--> DIR/p.toml:1:1", "= hint: add `path = ...`"],
+        &[
+            "error: source `file` is missing the required field `path`",
+            "--> DIR/p.toml:1:1",
+            "= hint: add `path = ...`",
+        ],
     );
 }
 
@@ -97,7 +117,11 @@ fn missing_environment_variable() {
     expect_error(
         "[source]\ntype = \"file\"\npath = \"${FEEDLINE_TEST_UNSET}\"\n[[sinks]]\ntype = \"blackhole\"\n",
         &[],
-        &["error: environment variable `FEEDLINE_TEST_UNSET` is not set", "--> DIR/p.toml:3:8", "= hint: export the variable, or give a default: ${NAME:-value}"],
+        &[
+            "error: environment variable `FEEDLINE_TEST_UNSET` is not set",
+            "--> DIR/p.toml:3:8",
+            "= hint: export the variable, or give a default: ${NAME:-value}",
+        ],
     );
 }
 
@@ -115,7 +139,11 @@ fn contradictory_options() {
     expect_error(
         "[source]\ntype = \"file\"\npath = \"x\"\nstart_at = \"end\"\n[[sinks]]\ntype = \"blackhole\"\n",
         &[],
-        &["error: source `file`: `start_at = \"end\"` without `follow = true` reads nothing", "--> DIR/p.toml:4:12", "= hint: set `follow = true`"],
+        &[
+            "error: source `file`: `start_at = \"end\"` without `follow = true` reads nothing",
+            "--> DIR/p.toml:4:12",
+            "= hint: set `follow = true`",
+        ],
     );
 }
 
@@ -139,7 +167,11 @@ fn duplicate_component_ids() {
 
 #[test]
 fn no_sinks() {
-    expect_error(GOOD_SOURCE, &[], &["error: a pipeline needs at least one [[sinks]] entry", "--> DIR/p.toml:1:1"]);
+    expect_error(
+        GOOD_SOURCE,
+        &[],
+        &["error: a pipeline needs at least one [[sinks]] entry", "--> DIR/p.toml:1:1"],
+    );
 }
 
 #[test]
@@ -156,7 +188,11 @@ fn unknown_key_in_a_test_case() {
     expect_error(
         &format!("{GOOD_SOURCE}[[sinks]]\ntype = \"blackhole\"\n[[test]]\nname = \"t\"\nexpected = []\n"),
         &[],
-        &["error: unknown field `expected` in test case", "--> DIR/p.toml:8:1", "= hint: did you mean `expect`?"],
+        &[
+            "error: unknown field `expected` in test case",
+            "--> DIR/p.toml:8:1",
+            "= hint: did you mean `expect`?",
+        ],
     );
 }
 

@@ -50,7 +50,10 @@ path = "{output}"
 
 fn change(n: u64) -> String {
     let cluster = if n % 10 == 0 { "west" } else { "east" };
-    format!("{{\"id\":\"guest|action{n}\",\"_clusterId\":\"{cluster}\",\"n\":{n},\"pad\":\"{}\"}}\n", "x".repeat(40))
+    format!(
+        "{{\"id\":\"guest|action{n}\",\"_clusterId\":\"{cluster}\",\"n\":{n},\"pad\":\"{}\"}}\n",
+        "x".repeat(40)
+    )
 }
 
 /// mainId → times seen in the output.
@@ -146,7 +149,12 @@ fn rejected_input_goes_to_dead_letter_and_checkpoints_advance() {
     std::fs::write(&input, &text).unwrap();
     let file = pipeline(dir.path(), "dlq", &input, &output, false);
     let data = dir.path().join("data");
-    let mut p = Feedline::spawn(bin(), &["run", file.to_str().unwrap(), "--data-dir", data.to_str().unwrap()], &[], &dir.path().join("log"));
+    let mut p = Feedline::spawn(
+        bin(),
+        &["run", file.to_str().unwrap(), "--data-dir", data.to_str().unwrap()],
+        &[],
+        &dir.path().join("log"),
+    );
     let status = p.wait_timeout(Duration::from_secs(60)).expect("pipeline finishes");
     assert!(status.success(), "{}", p.log());
 
@@ -155,7 +163,8 @@ fn rejected_input_goes_to_dead_letter_and_checkpoints_advance() {
     let dead = feedline_engine::jsonl::read_json_lines(&data.join("dlq/dead-letter.jsonl")).unwrap();
     assert_eq!(dead.len(), 10, "{dead:#?}");
     let from_source: Vec<&Value> = dead.iter().filter(|d| d["stage"] == "source.file").collect();
-    let from_transform: Vec<&Value> = dead.iter().filter(|d| d["stage"] == "transform.invalidate_cache").collect();
+    let from_transform: Vec<&Value> =
+        dead.iter().filter(|d| d["stage"] == "transform.invalidate_cache").collect();
     assert_eq!(from_source.len(), 5);
     assert_eq!(from_transform.len(), 5);
     for d in &from_source {
@@ -192,7 +201,8 @@ fn sigterm_drains_commits_and_exits_zero_with_ops_endpoint() {
     std::fs::write(&input, (1..=100).map(change).collect::<String>()).unwrap();
     let file = pipeline(dir.path(), "follow", &input, &output, true);
     let data = dir.path().join("data");
-    let args = ["run", file.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0"];
+    let args =
+        ["run", file.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0"];
     let mut p = Feedline::spawn(bin(), &args, &[], &dir.path().join("log"));
     assert!(wait_until(Duration::from_secs(20), || p.log().contains("listening on")), "{}", p.log());
     let log = p.log();

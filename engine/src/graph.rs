@@ -10,7 +10,10 @@ struct Node {
 }
 
 fn nodes(def: &PipelineDef) -> (Node, Vec<Node>, Vec<Node>, Node) {
-    let n = |id: &str, kind: &str, ty: &str| Node { id: format!("{kind}_{}", id.replace(|c: char| !c.is_ascii_alphanumeric(), "_")), label: format!("{kind}: {id} ({ty})") };
+    let n = |id: &str, kind: &str, ty: &str| Node {
+        id: format!("{kind}_{}", id.replace(|c: char| !c.is_ascii_alphanumeric(), "_")),
+        label: format!("{kind}: {id} ({ty})"),
+    };
     let source = n(&def.source.id, "source", &def.source.type_name);
     let transforms = def.transforms.iter().map(|t| n(&t.id, "transform", &t.type_name)).collect();
     let sinks = def.sinks.iter().map(|s| n(&s.component.id, "sink", &s.component.type_name)).collect();

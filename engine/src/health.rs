@@ -49,7 +49,10 @@ impl Health {
     }
     /// True when every known pipeline is running.
     pub fn ready(&self) -> bool {
-        self.states.lock().map(|s| !s.is_empty() && s.values().all(|v| *v == PipelineState::Running)).unwrap_or(false)
+        self.states
+            .lock()
+            .map(|s| !s.is_empty() && s.values().all(|v| *v == PipelineState::Running))
+            .unwrap_or(false)
     }
     /// Every pipeline's state.
     pub fn snapshot(&self) -> BTreeMap<String, PipelineState> {

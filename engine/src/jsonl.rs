@@ -90,7 +90,10 @@ impl Sink for JsonLinesSink {
             Ok(()) => results,
             Err(e) => {
                 *guard = None; // reopen on the next attempt
-                same_result(events.len(), Err(ComponentError::retriable(format!("{}: {e}", self.path.display()))))
+                same_result(
+                    events.len(),
+                    Err(ComponentError::retriable(format!("{}: {e}", self.path.display()))),
+                )
             }
         }
     }

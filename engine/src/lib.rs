@@ -36,4 +36,6 @@ pub use component::{
     WriteResult,
 };
 pub use event::{lookup, Event, Metadata, Operation};
-pub use registry::{BuildContext, CheckContext, ConfigProblem, Registry, SinkConfig, SourceConfig, TransformConfig};
+pub use registry::{
+    BuildContext, CheckContext, ConfigProblem, Registry, SinkConfig, SourceConfig, TransformConfig,
+};

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The process-wide metric families. Cheap to clone.
@@ -65,14 +65,49 @@ impl Metrics {
         registry.register(Box::new(batch_seconds.clone())).expect("metric registered once");
         let inner = Families {
             events_in: counter(&registry, "feedline_events_in_total", "Events a component received"),
-            events_out: counter(&registry, "feedline_events_out_total", "Events a component emitted or delivered"),
-            dropped: counter(&registry, "feedline_events_dropped_total", "Events dropped on purpose (filters)"),
-            rejected: counter(&registry, "feedline_events_rejected_total", "Events sent to the dead-letter sink"),
-            retries: counter(&registry, "feedline_sink_retries_total", "Event writes retried after a retriable error"),
-            checkpoint_commits: counter(&registry, "feedline_checkpoint_commits_total", "Checkpoints committed"),
-            checkpoint_position: gauge(&registry, "feedline_checkpoint_position", "Last committed numeric position", PARTITION_LABELS),
-            lag: gauge(&registry, "feedline_source_lag", "Records behind the end of the partition (consumer lag, estimated change-feed lag)", PARTITION_LABELS),
-            pending: gauge(&registry, "feedline_source_pending_events", "Events read and not yet done", &["pipeline", "component"]),
+            events_out: counter(
+                &registry,
+                "feedline_events_out_total",
+                "Events a component emitted or delivered",
+            ),
+            dropped: counter(
+                &registry,
+                "feedline_events_dropped_total",
+                "Events dropped on purpose (filters)",
+            ),
+            rejected: counter(
+                &registry,
+                "feedline_events_rejected_total",
+                "Events sent to the dead-letter sink",
+            ),
+            retries: counter(
+                &registry,
+                "feedline_sink_retries_total",
+                "Event writes retried after a retriable error",
+            ),
+            checkpoint_commits: counter(
+                &registry,
+                "feedline_checkpoint_commits_total",
+                "Checkpoints committed",
+            ),
+            checkpoint_position: gauge(
+                &registry,
+                "feedline_checkpoint_position",
+                "Last committed numeric position",
+                PARTITION_LABELS,
+            ),
+            lag: gauge(
+                &registry,
+                "feedline_source_lag",
+                "Records behind the end of the partition (consumer lag, estimated change-feed lag)",
+                PARTITION_LABELS,
+            ),
+            pending: gauge(
+                &registry,
+                "feedline_source_pending_events",
+                "Events read and not yet done",
+                &["pipeline", "component"],
+            ),
             batch_seconds,
             registry,
         };

@@ -19,7 +19,12 @@ struct OpsState {
 
 /// Serve the endpoint on `listener` until `shutdown` is cancelled. The caller binds the listener,
 /// so tests can use port 0.
-pub async fn serve(listener: TcpListener, metrics: Metrics, health: Health, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Metrics,
+    health: Health,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/health", get(health_handler))

@@ -195,7 +195,10 @@ fn parse_source<T: SourceConfig>(v: Value, ctx: &CheckContext) -> Result<Box<dyn
     cfg.check(ctx).map_err(ParseFailure::Problem)?;
     Ok(Box::new(cfg))
 }
-fn parse_transform<T: TransformConfig>(v: Value, ctx: &CheckContext) -> Result<Box<dyn BuildTransform>, ParseFailure> {
+fn parse_transform<T: TransformConfig>(
+    v: Value,
+    ctx: &CheckContext,
+) -> Result<Box<dyn BuildTransform>, ParseFailure> {
     let cfg: T = parse_typed(v)?;
     cfg.check(ctx).map_err(ParseFailure::Problem)?;
     Ok(Box::new(cfg))
@@ -221,17 +224,22 @@ impl Registry {
     }
     /// Register a source type.
     pub fn add_source<T: SourceConfig>(&mut self) -> &mut Self {
-        self.sources.insert(T::TYPE, Entry { type_name: T::TYPE, parse: parse_source::<T>, schema: schema_of::<T> });
+        self.sources
+            .insert(T::TYPE, Entry { type_name: T::TYPE, parse: parse_source::<T>, schema: schema_of::<T> });
         self
     }
     /// Register a transform type.
     pub fn add_transform<T: TransformConfig>(&mut self) -> &mut Self {
-        self.transforms.insert(T::TYPE, Entry { type_name: T::TYPE, parse: parse_transform::<T>, schema: schema_of::<T> });
+        self.transforms.insert(
+            T::TYPE,
+            Entry { type_name: T::TYPE, parse: parse_transform::<T>, schema: schema_of::<T> },
+        );
         self
     }
     /// Register a sink type.
     pub fn add_sink<T: SinkConfig>(&mut self) -> &mut Self {
-        self.sinks.insert(T::TYPE, Entry { type_name: T::TYPE, parse: parse_sink::<T>, schema: schema_of::<T> });
+        self.sinks
+            .insert(T::TYPE, Entry { type_name: T::TYPE, parse: parse_sink::<T>, schema: schema_of::<T> });
         self
     }
     /// Registered source types.

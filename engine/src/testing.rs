@@ -44,7 +44,12 @@ fn run_case(def: &PipelineDef, case: &TestCase, metrics: &Metrics) -> Result<Cas
             component: t.id.clone(),
             error,
         })?;
-        stages.push(ChainStage { id: t.id.clone(), type_name: t.type_name.clone(), transform, metrics: None });
+        stages.push(ChainStage {
+            id: t.id.clone(),
+            type_name: t.type_name.clone(),
+            transform,
+            metrics: None,
+        });
     }
     let source: Arc<str> = "test".into();
     let mut batch = Batch::with_capacity(case.input.len());
@@ -64,10 +69,8 @@ fn run_case(def: &PipelineDef, case: &TestCase, metrics: &Metrics) -> Result<Cas
         };
         batch.push(event, AckToken::untracked());
     }
-    let (out, rejected) = run_chain(&mut stages, batch).map_err(|p| PipelineError::Failed {
-        pipeline: def.name.clone(),
-        reason: p.to_string(),
-    })?;
+    let (out, rejected) = run_chain(&mut stages, batch)
+        .map_err(|p| PipelineError::Failed { pipeline: def.name.clone(), reason: p.to_string() })?;
     let mut report = String::new();
     if out.len() != case.expect.len() {
         let _ = writeln!(report, "expected {} output event(s), got {}", case.expect.len(), out.len());
@@ -89,7 +92,8 @@ fn run_case(def: &PipelineDef, case: &TestCase, metrics: &Metrics) -> Result<Cas
         }
     }
     if rejected.len() != case.expect_rejected {
-        let _ = writeln!(report, "expected {} rejected input(s), got {}", case.expect_rejected, rejected.len());
+        let _ =
+            writeln!(report, "expected {} rejected input(s), got {}", case.expect_rejected, rejected.len());
         for r in &rejected {
             let _ = writeln!(report, "  rejected by {}: {}", r.stage, r.error);
         }
@@ -115,7 +119,8 @@ fn compare(want: &TestExpect, got: &Event) -> Option<String> {
     }
     if let Some(op) = want.operation {
         if op != got.operation {
-            let _ = writeln!(diff, "  - expected operation: {op:?}\n  + actual operation:   {:?}", got.operation);
+            let _ =
+                writeln!(diff, "  - expected operation: {op:?}\n  + actual operation:   {:?}", got.operation);
         }
     }
     if let Some(r) = &want.route {

@@ -72,11 +72,8 @@ impl fmt::Display for Diagnostic {
             let pad = " ".repeat(num.len());
             writeln!(f, "{pad} |")?;
             writeln!(f, "{num} | {src}")?;
-            let lead: String = src
-                .chars()
-                .take(self.column - 1)
-                .map(|c| if c == '\t' { '\t' } else { ' ' })
-                .collect();
+            let lead: String =
+                src.chars().take(self.column - 1).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
             writeln!(f, "{pad} | {lead}{}", "^".repeat(*width))?;
         }
         if let Some(hint) = &self.hint {
@@ -126,7 +123,12 @@ mod tests {
     fn renders_line_column_snippet_and_hint() {
         let file = SourceFile { path: "p.toml".into(), text: "a = 1\n[sink]\nbrokerz = \"x\"\n".into() };
         let start = file.text.find("brokerz").unwrap();
-        let d = Diagnostic::at(&file, Some(start..start + 7), "unknown field `brokerz`", Some("did you mean `brokers`?".into()));
+        let d = Diagnostic::at(
+            &file,
+            Some(start..start + 7),
+            "unknown field `brokerz`",
+            Some("did you mean `brokers`?".into()),
+        );
         assert_eq!((d.line, d.column), (3, 1));
         let text = d.to_string();
         assert!(text.contains("--> p.toml:3:1"), "{text}");

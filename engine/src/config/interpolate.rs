@@ -41,9 +41,8 @@ pub fn interpolate(
             out.push('$');
             rest = tail;
         } else if let Some(body_start) = after.strip_prefix('{') {
-            let end = body_start
-                .find('}')
-                .ok_or_else(|| InterpolationError::Malformed(rest[i..].to_owned()))?;
+            let end =
+                body_start.find('}').ok_or_else(|| InterpolationError::Malformed(rest[i..].to_owned()))?;
             let body = &body_start[..end];
             let value = resolve(body, lookup)?;
             if !value.is_empty() {
@@ -108,7 +107,10 @@ mod tests {
         assert_eq!(interpolate("${NOPE}", &env), Err(InterpolationError::Missing("NOPE".into())));
         assert_eq!(
             interpolate("${EMPTY:?set it to the cluster id}", &env),
-            Err(InterpolationError::Required { name: "EMPTY".into(), message: "set it to the cluster id".into() })
+            Err(InterpolationError::Required {
+                name: "EMPTY".into(),
+                message: "set it to the cluster id".into()
+            })
         );
         assert!(matches!(interpolate("${HOSTS", &env), Err(InterpolationError::Malformed(_))));
         assert!(matches!(interpolate("${1X}", &env), Err(InterpolationError::Malformed(_))));

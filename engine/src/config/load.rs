@@ -33,11 +33,19 @@ pub fn expand_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigErrors> {
                         .collect();
                     found.sort();
                     if found.is_empty() {
-                        errors.push(Diagnostic::whole_file(p.clone(), "no *.toml pipeline files in this directory", None));
+                        errors.push(Diagnostic::whole_file(
+                            p.clone(),
+                            "no *.toml pipeline files in this directory",
+                            None,
+                        ));
                     }
                     files.extend(found);
                 }
-                Err(e) => errors.push(Diagnostic::whole_file(p.clone(), format!("cannot read directory: {e}"), None)),
+                Err(e) => errors.push(Diagnostic::whole_file(
+                    p.clone(),
+                    format!("cannot read directory: {e}"),
+                    None,
+                )),
             }
         } else {
             files.push(p.clone());
@@ -51,7 +59,11 @@ pub fn expand_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigErrors> {
 }
 
 /// Load every pipeline under `paths`; names must be unique across them.
-pub fn load_paths(paths: &[PathBuf], registry: &Registry, env: EnvLookup<'_>) -> Result<Vec<PipelineDef>, ConfigErrors> {
+pub fn load_paths(
+    paths: &[PathBuf],
+    registry: &Registry,
+    env: EnvLookup<'_>,
+) -> Result<Vec<PipelineDef>, ConfigErrors> {
     let files = expand_paths(paths)?;
     let mut defs = Vec::new();
     let mut errors = Vec::new();
@@ -83,7 +95,11 @@ pub fn load_paths(paths: &[PathBuf], registry: &Registry, env: EnvLookup<'_>) ->
 /// Load and validate one pipeline file. No network; local files only.
 pub fn load_file(path: &Path, registry: &Registry, env: EnvLookup<'_>) -> Result<PipelineDef, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![Diagnostic::whole_file(path.to_path_buf(), format!("cannot read pipeline file: {e}"), None)])
+        ConfigErrors(vec![Diagnostic::whole_file(
+            path.to_path_buf(),
+            format!("cannot read pipeline file: {e}"),
+            None,
+        )])
     })?;
     let file = SourceFile { path: path.to_path_buf(), text: Arc::from(text) };
     let doc = Document::parse(file.text.to_string()).map_err(|e| {
@@ -142,12 +158,17 @@ impl Loader<'_> {
         self.diagnostics.push(Diagnostic::at(self.file, span, message, hint));
     }
 
-    fn pipeline(&mut self, env: EnvLookup<'_>, stem: String, base_dir: PathBuf, path: &Path) -> Option<PipelineDef> {
+    fn pipeline(
+        &mut self,
+        env: EnvLookup<'_>,
+        stem: String,
+        base_dir: PathBuf,
+        path: &Path,
+    ) -> Option<PipelineDef> {
         for (key, _) in self.root.iter() {
             if !TOP_LEVEL.contains(&key) {
-                let hint = did_you_mean(key, TOP_LEVEL.iter().copied()).or_else(|| {
-                    Some(format!("a pipeline file has: {}", TOP_LEVEL.join(", ")))
-                });
+                let hint = did_you_mean(key, TOP_LEVEL.iter().copied())
+                    .or_else(|| Some(format!("a pipeline file has: {}", TOP_LEVEL.join(", "))));
                 self.error(&path_of(&[key]), true, format!("unknown top-level key `{key}`"), hint);
             }
         }
@@ -164,7 +185,12 @@ impl Loader<'_> {
             None => stem,
             Some(Value::String(s)) if valid_name(&s) => s,
             Some(_) => {
-                self.error(&path_of(&["name"]), false, "`name` must be a non-empty string of letters, digits, `-`, `_` or `.`", None);
+                self.error(
+                    &path_of(&["name"]),
+                    false,
+                    "`name` must be a non-empty string of letters, digits, `-`, `_` or `.`",
+                    None,
+                );
                 String::new()
             }
         };
@@ -181,7 +207,16 @@ impl Loader<'_> {
             Some(v) => self.sink(v, &["dead_letter".into()], "dead_letter", &mut BTreeMap::new()),
         };
         let tests = self.tests(doc.remove("test"));
-        Some(PipelineDef { name, file: path.to_path_buf(), base_dir, source: source?, transforms: transforms?, sinks: sinks?, dead_letter, tests: tests? })
+        Some(PipelineDef {
+            name,
+            file: path.to_path_buf(),
+            base_dir,
+            source: source?,
+            transforms: transforms?,
+            sinks: sinks?,
+            dead_letter,
+            tests: tests?,
+        })
     }
 
     fn table(&mut self, value: Value, path: &[String], what: &str) -> Option<Map<String, Value>> {
@@ -207,17 +242,33 @@ impl Loader<'_> {
         let ty = match table.remove("type") {
             Some(Value::String(t)) => t,
             Some(_) => {
-                self.error(&[path, &["type".into()]].concat(), false, "`type` must be a string", Some(format!("{kind} types: {}", known())));
+                self.error(
+                    &[path, &["type".into()]].concat(),
+                    false,
+                    "`type` must be a string",
+                    Some(format!("{kind} types: {}", known())),
+                );
                 return None;
             }
             None => {
-                self.error(path, false, format!("{kind} has no `type`"), Some(format!("add `type = \"...\"`; {kind} types: {}", known())));
+                self.error(
+                    path,
+                    false,
+                    format!("{kind} has no `type`"),
+                    Some(format!("add `type = \"...\"`; {kind} types: {}", known())),
+                );
                 return None;
             }
         };
         let Some((&type_name, _)) = entries.get_key_value(ty.as_str()) else {
-            let hint = did_you_mean(&ty, entries.keys().copied()).unwrap_or_else(|| format!("{kind} types: {}", known()));
-            self.error(&[path, &["type".into()]].concat(), false, format!("unknown {kind} type `{ty}`"), Some(hint));
+            let hint = did_you_mean(&ty, entries.keys().copied())
+                .unwrap_or_else(|| format!("{kind} types: {}", known()));
+            self.error(
+                &[path, &["type".into()]].concat(),
+                false,
+                format!("unknown {kind} type `{ty}`"),
+                Some(hint),
+            );
             return None;
         };
         let id = match table.remove("id") {
@@ -232,12 +283,22 @@ impl Loader<'_> {
             }
             Some(Value::String(id)) if valid_name(&id) => id,
             Some(_) => {
-                self.error(&[path, &["id".into()]].concat(), false, "`id` must be a non-empty string of letters, digits, `-`, `_` or `.`", None);
+                self.error(
+                    &[path, &["id".into()]].concat(),
+                    false,
+                    "`id` must be a non-empty string of letters, digits, `-`, `_` or `.`",
+                    None,
+                );
                 return None;
             }
         };
         if ids.insert(id.clone(), ()).is_some() {
-            self.error(&[path, &["id".into()]].concat(), false, format!("component id `{id}` is used twice in this pipeline"), Some("give each component a distinct `id`".into()));
+            self.error(
+                &[path, &["id".into()]].concat(),
+                false,
+                format!("component id `{id}` is used twice in this pipeline"),
+                Some("give each component a distinct `id`".into()),
+            );
             return None;
         }
         Some((id, type_name))
@@ -282,41 +343,78 @@ impl Loader<'_> {
                         .or_else(|| Some(format!("valid keys: {}", fields.join(", "))));
                     self.error(&full, true, format!("unknown field `{field}` in {what}"), hint);
                 } else if let Some(field) = between(&message, "missing field `", "`") {
-                    self.error(&full, false, format!("{what} is missing the required field `{field}`"), Some(format!("add `{field} = ...`")));
+                    self.error(
+                        &full,
+                        false,
+                        format!("{what} is missing the required field `{field}`"),
+                        Some(format!("add `{field} = ...`")),
+                    );
                 } else if let Some(variant) = between(&message, "unknown variant `", "`") {
                     let options = expected_list(&message);
                     let hint = did_you_mean(variant, options.iter().map(String::as_str))
                         .or_else(|| (!options.is_empty()).then(|| format!("one of: {}", options.join(", "))));
-                    self.error(&full, false, format!("`{variant}` is not a valid value for `{}` in {what}", full.last().map_or("", String::as_str)), hint);
+                    self.error(
+                        &full,
+                        false,
+                        format!(
+                            "`{variant}` is not a valid value for `{}` in {what}",
+                            full.last().map_or("", String::as_str)
+                        ),
+                        hint,
+                    );
                 } else {
                     let field = full.last().cloned().unwrap_or_default();
-                    self.error(&full, false, format!("invalid value for `{field}` in {what}: {message}"), None);
+                    self.error(
+                        &full,
+                        false,
+                        format!("invalid value for `{field}` in {what}: {message}"),
+                        None,
+                    );
                 }
             }
         }
     }
 
-    fn source(&mut self, value: Option<Value>, ids: &mut BTreeMap<String, ()>) -> Option<ComponentDef<dyn crate::registry::BuildSource>> {
+    fn source(
+        &mut self,
+        value: Option<Value>,
+        ids: &mut BTreeMap<String, ()>,
+    ) -> Option<ComponentDef<dyn crate::registry::BuildSource>> {
         let Some(value) = value else {
             let types = self.registry.source_types().collect::<Vec<_>>().join(", ");
-            self.diagnostics.push(Diagnostic::at(self.file, Some(0..0), "a pipeline needs a [source]", Some(format!("add a [source] table with `type` = one of: {types}"))));
+            self.diagnostics.push(Diagnostic::at(
+                self.file,
+                Some(0..0),
+                "a pipeline needs a [source]",
+                Some(format!("add a [source] table with `type` = one of: {types}")),
+            ));
             return None;
         };
         let entries = &self.registry.sources;
         self.component(value, &path_of(&["source"]), "source", entries, ids, &[]).map(|(c, _)| c)
     }
 
-    fn transforms(&mut self, value: Option<Value>, ids: &mut BTreeMap<String, ()>) -> Option<Vec<ComponentDef<dyn crate::registry::BuildTransform>>> {
+    fn transforms(
+        &mut self,
+        value: Option<Value>,
+        ids: &mut BTreeMap<String, ()>,
+    ) -> Option<Vec<ComponentDef<dyn crate::registry::BuildTransform>>> {
         let Some(value) = value else { return Some(Vec::new()) };
         let Value::Array(items) = value else {
-            self.error(&path_of(&["transforms"]), false, "`transforms` must be an array of tables", Some("write each transform as [[transforms]]".into()));
+            self.error(
+                &path_of(&["transforms"]),
+                false,
+                "`transforms` must be an array of tables",
+                Some("write each transform as [[transforms]]".into()),
+            );
             return None;
         };
         let mut out = Vec::new();
         let mut ok = true;
         let entries = &self.registry.transforms;
         for (i, item) in items.into_iter().enumerate() {
-            match self.component(item, &["transforms".into(), i.to_string()], "transform", entries, ids, &[]) {
+            match self.component(item, &["transforms".into(), i.to_string()], "transform", entries, ids, &[])
+            {
                 Some((c, _)) => out.push(c),
                 None => ok = false,
             }
@@ -327,7 +425,12 @@ impl Loader<'_> {
     fn sinks(&mut self, value: Option<Value>, ids: &mut BTreeMap<String, ()>) -> Option<Vec<SinkDef>> {
         let Some(Value::Array(items)) = value else {
             let hint = "add at least one [[sinks]] table with `type = \"...\"`".to_string();
-            self.error(&path_of(&["sinks"]), true, "a pipeline needs at least one [[sinks]] entry", Some(hint));
+            self.error(
+                &path_of(&["sinks"]),
+                true,
+                "a pipeline needs at least one [[sinks]] entry",
+                Some(hint),
+            );
             return None;
         };
         if items.is_empty() {
@@ -345,7 +448,13 @@ impl Loader<'_> {
         ok.then_some(out)
     }
 
-    fn sink(&mut self, value: Value, path: &[String], kind: &str, ids: &mut BTreeMap<String, ()>) -> Option<SinkDef> {
+    fn sink(
+        &mut self,
+        value: Value,
+        path: &[String],
+        kind: &str,
+        ids: &mut BTreeMap<String, ()>,
+    ) -> Option<SinkDef> {
         let entries = &self.registry.sinks;
         let (component, common) = self.component(value, path, kind, entries, ids, SINK_COMMON)?;
         let options: SinkOptions = match parse_typed(Value::Object(common)) {
@@ -357,11 +466,21 @@ impl Loader<'_> {
             }
         };
         if options.max_in_flight == 0 || options.batch.max_events == 0 || options.buffer == 0 {
-            self.error(path, false, "`max_in_flight`, `batch.max_events` and `buffer` must be at least 1", None);
+            self.error(
+                path,
+                false,
+                "`max_in_flight`, `batch.max_events` and `buffer` must be at least 1",
+                None,
+            );
             return None;
         }
         if options.rate_limit.is_some_and(|r| r <= 0.0 || !r.is_finite()) {
-            self.error(&[path, &["rate_limit".into()]].concat(), false, "`rate_limit` must be a positive number of events per second", Some("leave it out for no cap".into()));
+            self.error(
+                &[path, &["rate_limit".into()]].concat(),
+                false,
+                "`rate_limit` must be a positive number of events per second",
+                Some("leave it out for no cap".into()),
+            );
             return None;
         }
         Some(SinkDef { component, options })
@@ -370,7 +489,12 @@ impl Loader<'_> {
     fn tests(&mut self, value: Option<Value>) -> Option<Vec<TestCase>> {
         let Some(value) = value else { return Some(Vec::new()) };
         let Value::Array(items) = value else {
-            self.error(&path_of(&["test"]), false, "`test` must be an array of tables", Some("write each case as [[test]]".into()));
+            self.error(
+                &path_of(&["test"]),
+                false,
+                "`test` must be an array of tables",
+                Some("write each case as [[test]]".into()),
+            );
             return None;
         };
         let mut out = Vec::new();

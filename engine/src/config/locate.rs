@@ -86,9 +86,7 @@ impl<'a> Node<'a> {
             Node::Item(Item::Table(t)) | Node::Table(t) => {
                 t.get_key_value(seg).map(|(k, v)| (Node::Item(v), k.span()))
             }
-            Node::Item(Item::ArrayOfTables(a)) => {
-                a.get(seg.parse().ok()?).map(|t| (Node::Table(t), None))
-            }
+            Node::Item(Item::ArrayOfTables(a)) => a.get(seg.parse().ok()?).map(|t| (Node::Table(t), None)),
             Node::Item(Item::Value(v)) | Node::Value(v) => match v {
                 toml_edit::Value::InlineTable(t) => {
                     t.get_key_value(seg).map(|(k, v)| (Node::Item(v), k.span()))

@@ -9,6 +9,7 @@ mod diagnostic;
 mod interpolate;
 mod load;
 mod locate;
+mod reference;
 mod schema;
 
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use serde_json::Value;
 pub use diagnostic::{did_you_mean, ConfigErrors, Diagnostic, SourceFile};
 pub use interpolate::{interpolate, InterpolationError};
 pub use load::{expand_paths, load_file, load_paths, EnvLookup};
+pub use reference::reference_markdown;
 pub use schema::pipeline_schema;
 
 use crate::event::Operation;

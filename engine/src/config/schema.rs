@@ -48,7 +48,11 @@ fn take(schema: schemars::Schema, defs: &mut Map<String, Value>) -> Value {
     v
 }
 
-fn variants<B: ?Sized>(entries: &std::collections::BTreeMap<&'static str, Entry<B>>, defs: &mut Map<String, Value>, common: Option<&Value>) -> Vec<Value> {
+fn variants<B: ?Sized>(
+    entries: &std::collections::BTreeMap<&'static str, Entry<B>>,
+    defs: &mut Map<String, Value>,
+    common: Option<&Value>,
+) -> Vec<Value> {
     entries
         .values()
         .map(|e| {
@@ -61,7 +65,10 @@ fn variants<B: ?Sized>(entries: &std::collections::BTreeMap<&'static str, Entry<
                 let props = obj.entry("properties").or_insert_with(|| json!({}));
                 if let Some(props) = props.as_object_mut() {
                     props.insert("type".into(), json!({ "const": e.type_name }));
-                    props.insert("id".into(), json!({ "type": "string", "description": "Component id (default: the type name)." }));
+                    props.insert(
+                        "id".into(),
+                        json!({ "type": "string", "description": "Component id (default: the type name)." }),
+                    );
                     if let Some(Value::Object(cp)) = common.and_then(|c| c.get("properties")) {
                         props.extend(cp.clone());
                     }

@@ -29,7 +29,10 @@ pub struct TransformPanic {
 }
 
 /// Run `batch` through every stage. Returns the surviving events and the rejections.
-pub fn run_chain(stages: &mut [ChainStage], mut batch: Batch) -> Result<(Batch, Vec<Rejected>), TransformPanic> {
+pub fn run_chain(
+    stages: &mut [ChainStage],
+    mut batch: Batch,
+) -> Result<(Batch, Vec<Rejected>), TransformPanic> {
     let mut rejected = Vec::new();
     for stage in stages.iter_mut() {
         if batch.is_empty() {

@@ -32,7 +32,11 @@ pub fn default_path(data_dir: &Path, pipeline: &str) -> std::path::PathBuf {
 /// The default dead-letter sink definition.
 pub(super) fn default_sink() -> SinkDef {
     SinkDef {
-        component: ComponentDef { id: "dead_letter".into(), type_name: "file".into(), config: Box::new(DefaultDeadLetter) },
+        component: ComponentDef {
+            id: "dead_letter".into(),
+            type_name: "file".into(),
+            config: Box::new(DefaultDeadLetter),
+        },
         options: SinkOptions::default(),
     }
 }

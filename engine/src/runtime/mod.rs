@@ -93,9 +93,15 @@ impl Shared {
         PipelineError::Build { pipeline: self.name.to_string(), component: component.to_owned(), error }
     }
 
-    fn driver(&self, sink: &SinkDef, kind: &str, fallback: Fallback) -> Result<(SinkDriver, Arc<dyn crate::component::Sink>), PipelineError> {
+    fn driver(
+        &self,
+        sink: &SinkDef,
+        kind: &str,
+        fallback: Fallback,
+    ) -> Result<(SinkDriver, Arc<dyn crate::component::Sink>), PipelineError> {
         let id = &sink.component.id;
-        let built = sink.component.config.build(&self.build_context(id)).map_err(|e| self.build_error(id, e))?;
+        let built =
+            sink.component.config.build(&self.build_context(id)).map_err(|e| self.build_error(id, e))?;
         let driver = SinkDriver {
             stage: format!("sink.{id}"),
             sink: built.clone(),
@@ -147,17 +153,24 @@ pub async fn run_pipeline(
     }
     let mut stages = Vec::new();
     for t in &def.transforms {
-        let transform = t.config.build(&shared.build_context(&t.id)).map_err(|e| shared.build_error(&t.id, e))?;
+        let transform =
+            t.config.build(&shared.build_context(&t.id)).map_err(|e| shared.build_error(&t.id, e))?;
         let metrics = Some(shared.metrics.component(&name, &t.id, "transform"));
         stages.push(ChainStage { id: t.id.clone(), type_name: t.type_name.clone(), transform, metrics });
     }
     let source_id = def.source.id.clone();
-    let source = def.source.config.build(&shared.build_context(&source_id)).map_err(|e| shared.build_error(&source_id, e))?;
+    let source = def
+        .source
+        .config
+        .build(&shared.build_context(&source_id))
+        .map_err(|e| shared.build_error(&source_id, e))?;
 
     // Targets first: a sink that cannot start keeps the source from reading.
     let to_start = std::iter::once(&dl_sink).chain(sinks.iter().map(|((_, s), _)| s));
     for sink in to_start {
-        start_sink(sink.as_ref(), &fatal).await.map_err(|e| PipelineError::Failed { pipeline: name.to_string(), reason: e.message })?;
+        start_sink(sink.as_ref(), &fatal)
+            .await
+            .map_err(|e| PipelineError::Failed { pipeline: name.to_string(), reason: e.message })?;
     }
 
     let mut tasks = JoinSet::new();
@@ -169,7 +182,14 @@ pub async fn run_pipeline(
     }
     tasks.spawn(dead_letter::run(dl_driver, dl_rx, name.clone()));
     let (src_tx, src_rx) = mpsc::channel::<Batch>(4);
-    tasks.spawn(run_transforms(stages, src_rx, sink_txs, dl_tx.clone(), shared.fatal.clone(), shared.fatal_reason.clone()));
+    tasks.spawn(run_transforms(
+        stages,
+        src_rx,
+        sink_txs,
+        dl_tx.clone(),
+        shared.fatal.clone(),
+        shared.fatal_reason.clone(),
+    ));
 
     let ctx = SourceContext {
         pipeline: name.clone(),
@@ -208,7 +228,10 @@ pub async fn run_pipeline(
     }
 }
 
-async fn start_sink(sink: &dyn crate::component::Sink, stop: &CancellationToken) -> Result<(), ComponentError> {
+async fn start_sink(
+    sink: &dyn crate::component::Sink,
+    stop: &CancellationToken,
+) -> Result<(), ComponentError> {
     let retry = crate::config::RetryOptions::default();
     let mut attempt = 0;
     loop {

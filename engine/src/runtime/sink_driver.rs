@@ -62,10 +62,10 @@ impl SinkDriver {
     pub async fn run(self, mut rx: mpsc::Receiver<Batch>) {
         let this = Arc::new(self);
         let permits = Arc::new(Semaphore::new(this.options.max_in_flight));
-        let mut limiter = this.options.rate_limit.map(|r| RateLimiter {
-            per_event: Duration::from_secs_f64(1.0 / r),
-            next: Instant::now(),
-        });
+        let mut limiter = this
+            .options
+            .rate_limit
+            .map(|r| RateLimiter { per_event: Duration::from_secs_f64(1.0 / r), next: Instant::now() });
         let max = this.max_events();
         let linger = Duration::from_millis(this.options.batch.timeout_ms);
         let mut tasks = JoinSet::new();
@@ -126,7 +126,9 @@ impl SinkDriver {
             let mut results = results.into_iter();
             for (event, ack) in events.into_iter().zip(acks) {
                 let result = results.next().unwrap_or_else(|| {
-                    Err(crate::component::ComponentError::retriable("sink returned fewer results than events"))
+                    Err(crate::component::ComponentError::retriable(
+                        "sink returned fewer results than events",
+                    ))
                 });
                 match result {
                     Ok(()) => {

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The full test suite. Installs what the tests need into ${FEEDLINE_CACHE:-~/.cache/feedline}
+# (reused when present), then runs every test. The test harness starts the real servers itself
+# on free 127.0.0.1 ports and stops them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-system-deps.sh
+FEEDLINE_TANSU="$(scripts/install-tansu.sh)"
+export FEEDLINE_TANSU
+cargo test --workspace --locked "$@"
