@@ -42,7 +42,7 @@ impl TransformConfig for ExtractActivationConfig {
     const TYPE: &'static str = "extract_activation";
 
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Transform>, ComponentError> {
-        Ok(Box::new(ExtractActivation { keep_logs: self.keep_logs, clock: Box::new(now_ms), now: 0 }))
+        Ok(Box::new(ExtractActivation { keep_logs: self.keep_logs, clock: Box::new(now_ms), now: now_ms() }))
     }
 }
 
@@ -84,7 +84,8 @@ const RESPONSE_KEYS: [&str; 3] = ["statusCode", "result", "size"];
 struct ExtractActivation {
     keep_logs: bool,
     clock: Box<dyn Fn() -> i64 + Send>,
-    /// The clock's reading for the current batch.
+    /// The clock's reading for the current batch (`transform_batch` reads it; the runtime always
+    /// calls that).
     now: i64,
 }
 
@@ -138,18 +139,25 @@ fn classify(message: &Value) -> Verdict {
             ))
         }
     };
-    let missing: Vec<&str> =
-        REQUIRED.iter().filter(|(f, _)| !activation.contains_key(*f)).map(|(f, _)| *f).collect();
+    let mut missing = Vec::new();
+    let mut mistyped = None;
+    for (field, kind) in REQUIRED {
+        match activation.get(field) {
+            None => missing.push(field),
+            Some(v) if !has_kind(v, kind) => {
+                mistyped.get_or_insert((field, v));
+            }
+            Some(_) => {}
+        }
+    }
     if !missing.is_empty() {
         return Verdict::Reject(format!(
             "activation is missing required field(s) `{}`",
             missing.join("`, `")
         ));
     }
-    for (field, kind) in REQUIRED {
-        if let Some(v) = activation.get(field).filter(|v| !has_kind(v, kind)) {
-            return Verdict::Reject(format!("activation field `{field}` must not be {}", type_name(v)));
-        }
+    if let Some((field, v)) = mistyped {
+        return Verdict::Reject(format!("activation field `{field}` must not be {}", type_name(v)));
     }
     match activation.get("response").and_then(|r| r.get("statusCode")) {
         Some(Value::Number(_)) => Verdict::Store,
@@ -170,13 +178,12 @@ impl ExtractActivation {
             },
             _ => Map::new(),
         };
-        let text =
-            |a: &Map<String, Value>, k: &str| a.get(k).and_then(Value::as_str).unwrap_or_default().len();
-        let mut id =
-            String::with_capacity(text(&activation, "namespace") + 1 + text(&activation, "activationId"));
-        id.push_str(activation.get("namespace").and_then(Value::as_str).unwrap_or_default());
+        let text = |k: &str| activation.get(k).and_then(Value::as_str).unwrap_or_default();
+        let (namespace, activation_id) = (text("namespace"), text("activationId"));
+        let mut id = String::with_capacity(namespace.len() + 1 + activation_id.len());
+        id.push_str(namespace);
         id.push('/');
-        id.push_str(activation.get("activationId").and_then(Value::as_str).unwrap_or_default());
+        id.push_str(activation_id);
         if let Some(Value::Object(response)) = activation.get_mut("response") {
             response.retain(|k, _| RESPONSE_KEYS.contains(&k.as_str()));
         }

@@ -38,7 +38,9 @@ pub struct FilterConfig {
     pub invert: bool,
 }
 
-/// A test on an event. Field paths are top-level names, JSON pointers (`/a/b`), `$key` or `$stream`.
+/// A test on an event. Field paths are top-level names, JSON pointers (`/a/b`), `$key` (the event
+/// key as text) or `$stream` (topic, database or container); `$key` and `$stream` compare with
+/// string values only. A missing field matches nothing but `not`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 #[schemars(rename = "FilterCondition")]
@@ -123,7 +125,7 @@ impl Field {
             p if p.starts_with('$') => Err(problem(format!("unknown special field `{p}`"))
                 .with_hint(format!("{hint}; for a document field named `{p}` write `/{p}`"))),
             p if p.starts_with('/') => {
-                let tokens = p[1..].split('/').map(unescape).collect::<Option<Vec<_>>>();
+                let tokens = p.split('/').skip(1).map(unescape).collect::<Option<Vec<_>>>();
                 tokens.map(Self::Pointer).ok_or_else(|| {
                     problem(format!("invalid JSON pointer `{p}`"))
                         .with_hint("in a pointer `~` must be written `~0` and a `/` inside a name `~1`")

@@ -30,7 +30,8 @@ pub struct InvalidateCacheConfig {
     #[serde(default = "default_instance_id")]
     pub instance_id: String,
     /// Field holding the document id: a top-level name or a JSON pointer. Cosmos DB documents use
-    /// `id`, CouchDB documents `_id`. When it is missing, `_id` and then `id` are tried.
+    /// `id`, CouchDB documents `_id`. When it holds no non-empty string, `_id` and then `id` are
+    /// tried; a document with none of them is rejected.
     #[serde(default = "default_id_field")]
     pub id_field: String,
     /// Turn every `|` in the id into `/` (Cosmos DB ids store `guest/pkg/a` as `guest|pkg|a`).

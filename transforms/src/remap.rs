@@ -70,20 +70,20 @@ pub enum RemapOp {
         /// Target pointer.
         to: String,
     },
-    /// Set the event key: a fixed `value`, or the string, number or boolean `from` a pointer.
-    SetKey {
-        /// Fixed key.
-        value: Option<String>,
-        /// Pointer to the key in the document.
-        from: Option<String>,
-    },
-    /// Set the route sinks use (e.g. the Kafka topic): a fixed `value`, or text `from` a pointer.
-    SetRoute {
-        /// Fixed route.
-        value: Option<String>,
-        /// Pointer to the route in the document.
-        from: Option<String>,
-    },
+    /// Set the event key from a fixed `value` or `from` a field.
+    SetKey(RemapText),
+    /// Set the route sinks use (e.g. the Kafka topic) from a fixed `value` or `from` a field.
+    SetRoute(RemapText),
+}
+
+/// Text for a key or route: exactly one of `value` and `from`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemapText {
+    /// Fixed text.
+    pub value: Option<String>,
+    /// Pointer to a string, number or boolean in the document.
+    pub from: Option<String>,
 }
 
 /// What a failing remap edit does.
@@ -161,21 +161,14 @@ fn unescape(token: &str) -> Option<String> {
     Some(out)
 }
 
-fn source<T>(
-    index: usize,
-    value: &Option<String>,
-    from: &Option<String>,
-    fixed: fn(&str) -> T,
-) -> Result<Source<T>, ConfigProblem> {
-    match (value, from) {
+fn source<T>(index: usize, text: &RemapText, fixed: fn(&str) -> T) -> Result<Source<T>, ConfigProblem> {
+    match (&text.value, &text.from) {
         (Some(v), None) => Ok(Source::Fixed(fixed(v))),
         (None, Some(p)) => Ok(Source::From(pointer(index, p)?)),
-        _ => {
-            Err(ConfigProblem::field("ops", format!("ops[{index}]: give exactly one of `value` and `from`"))
-                .with_hint(
-                    "`{ set_route = { value = \"topic-a\" } }` or `{ set_route = { from = \"/tenant\" } }`",
-                ))
-        }
+        _ => Err(ConfigProblem::field("ops", format!("ops[{index}]: give one of `value` and `from`"))
+            .with_hint(
+                "e.g. `{ set_route = { value = \"topic-a\" } }` or `{ set_key = { from = \"/id\" } }`",
+            )),
     }
 }
 
@@ -193,8 +186,8 @@ fn compile(ops: &[RemapOp]) -> Result<Vec<Edit>, ConfigProblem> {
                 RemapOp::Rename { from, to } => Edit::Rename(pointer(i, from)?, pointer(i, to)?),
                 RemapOp::Remove(path) => Edit::Remove(pointer(i, path)?),
                 RemapOp::Copy { from, to } => Edit::Copy(pointer(i, from)?, pointer(i, to)?),
-                RemapOp::SetKey { value, from } => Edit::SetKey(source(i, value, from, key)?),
-                RemapOp::SetRoute { value, from } => Edit::SetRoute(source(i, value, from, str::to_owned)?),
+                RemapOp::SetKey(text) => Edit::SetKey(source(i, text, key)?),
+                RemapOp::SetRoute(text) => Edit::SetRoute(source(i, text, str::to_owned)?),
             })
         })
         .collect()
@@ -270,9 +263,10 @@ type Blocked = (usize, &'static str);
 
 const SHORT_ARRAY: &str = "an array without that index";
 
-/// Write `value` at `p`, creating missing intermediate objects; in an array, an index replaces
-/// and `-` (or the length) appends. On failure nothing was changed and `value` comes back.
-fn put(root: &mut Value, p: &Pointer, value: Value) -> Result<(), (Blocked, Value)> {
+/// Write `value` at `p`, creating missing intermediate objects; in an array an index replaces
+/// (or, with `insert`, inserts) and `-` or the length appends. On failure nothing was changed and
+/// `value` comes back.
+fn put(root: &mut Value, p: &Pointer, value: Value, insert: bool) -> Result<(), (Blocked, Value)> {
     let Some((last, parents)) = p.tokens.split_last() else {
         *root = value;
         return Ok(());
@@ -310,7 +304,12 @@ fn put(root: &mut Value, p: &Pointer, value: Value) -> Result<(), (Blocked, Valu
             let at = if last == "-" { Some(items.len()) } else { index(last) };
             match at {
                 Some(i) if i == items.len() => items.push(value),
-                Some(i) if i < items.len() => items[i] = value,
+                Some(i) if i < items.len() && insert => items.insert(i, value),
+                Some(i) if i < items.len() => {
+                    if let Some(slot) = items.get_mut(i) {
+                        *slot = value;
+                    }
+                }
                 _ => return Err(((depth, SHORT_ARRAY), value)),
             }
             Ok(())
@@ -319,24 +318,12 @@ fn put(root: &mut Value, p: &Pointer, value: Value) -> Result<(), (Blocked, Valu
     }
 }
 
-/// Put back a value `take` removed (after a failed rename), at the same place.
-fn restore(root: &mut Value, p: &Pointer, value: Value) {
-    let Some((last, parents)) = p.tokens.split_last() else { return };
-    match parents.iter().try_fold(root, |v, t| step_mut(v, t)) {
-        Some(Value::Object(map)) => {
-            map.insert(last.clone(), value);
-        }
-        Some(Value::Array(items)) => {
-            if let Some(i) = index(last).filter(|i| *i <= items.len()) {
-                items.insert(i, value);
-            }
-        }
-        _ => {}
-    }
-}
-
 fn write<'a>(root: &mut Value, p: &'a Pointer, value: Value) -> Result<(), EditError<'a>> {
-    put(root, p, value).map_err(|((depth, found), _)| EditError::Blocked { path: &p.text, depth, found })
+    put(root, p, value, false).map_err(|((depth, found), _)| EditError::Blocked {
+        path: &p.text,
+        depth,
+        found,
+    })
 }
 
 /// The scalar at `p` as text, for keys and routes.
@@ -363,40 +350,31 @@ impl Edit {
     }
 
     fn apply(&self, event: &mut Event) -> Result<(), EditError<'_>> {
+        let doc = &mut event.value;
         match self {
-            Self::Set(p, value) => write(&mut event.value, p, value.clone()),
-            Self::Remove(p) => {
-                take(&mut event.value, p);
-                Ok(())
-            }
+            Self::Set(p, value) => write(doc, p, value.clone())?,
+            Self::Remove(p) => drop(take(doc, p)),
             Self::Copy(from, to) => {
-                let value = get(&event.value, from).cloned().ok_or(EditError::Missing(&from.text))?;
-                write(&mut event.value, to, value)
+                let value = get(doc, from).cloned().ok_or(EditError::Missing(&from.text))?;
+                write(doc, to, value)?
             }
             Self::Rename(from, to) => {
-                let value = take(&mut event.value, from).ok_or(EditError::Missing(&from.text))?;
-                put(&mut event.value, to, value).map_err(|((depth, found), value)| {
-                    restore(&mut event.value, from, value);
-                    EditError::Blocked { path: &to.text, depth, found }
-                })
+                let value = take(doc, from).ok_or(EditError::Missing(&from.text))?;
+                if let Err(((depth, found), value)) = put(doc, to, value, false) {
+                    // Put the value back where it was (the parent is still there): an edit that
+                    // fails changes nothing.
+                    let _ = put(doc, from, value, true);
+                    return Err(EditError::Blocked { path: &to.text, depth, found });
+                }
             }
-            Self::SetKey(Source::Fixed(key)) => {
-                event.key = Some(key.clone());
-                Ok(())
-            }
+            Self::SetKey(Source::Fixed(key)) => event.key = Some(key.clone()),
             Self::SetKey(Source::From(p)) => {
-                event.key = Some(Bytes::copy_from_slice(text(&event.value, p)?.as_bytes()));
-                Ok(())
+                event.key = Some(Bytes::copy_from_slice(text(doc, p)?.as_bytes()))
             }
-            Self::SetRoute(Source::Fixed(route)) => {
-                event.meta.route = Some(route.clone());
-                Ok(())
-            }
-            Self::SetRoute(Source::From(p)) => {
-                event.meta.route = Some(text(&event.value, p)?.into_owned());
-                Ok(())
-            }
+            Self::SetRoute(Source::Fixed(route)) => event.meta.route = Some(route.clone()),
+            Self::SetRoute(Source::From(p)) => event.meta.route = Some(text(doc, p)?.into_owned()),
         }
+        Ok(())
     }
 }
 
