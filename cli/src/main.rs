@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 ///   feedline validate examples/quickstart.toml
 ///   feedline run examples/quickstart.toml
 ///
-/// Docs: docs/pipeline-reference.md (file format), docs/connectors.md, docs/architecture.md.
+/// Docs: docs/pipeline-reference.md (file format), docs/components.md, docs/architecture.md.
 #[derive(Parser)]
 #[command(name = "feedline", version, about, long_about, verbatim_doc_comment)]
 struct Cli {

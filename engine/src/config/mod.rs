@@ -22,7 +22,7 @@ pub use diagnostic::{did_you_mean, ConfigErrors, Diagnostic, SourceFile};
 pub use interpolate::{interpolate, InterpolationError};
 pub use load::{expand_paths, load_file, load_paths, EnvLookup};
 pub use reference::reference_markdown;
-pub use schema::pipeline_schema;
+pub use schema::{pipeline_schema, schema_collisions};
 
 use crate::event::Operation;
 use crate::registry::{BuildSink, BuildSource, BuildTransform};
