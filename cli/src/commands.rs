@@ -12,7 +12,9 @@ use feedline_engine::config::{
 };
 use feedline_engine::health::Health;
 use feedline_engine::metrics::Metrics;
-use feedline_engine::runtime::{run_pipeline, RuntimeOptions};
+use feedline_engine::runtime::{run_pipeline_traced, RuntimeOptions};
+
+use crate::telemetry::Installed;
 use feedline_engine::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -101,6 +103,7 @@ pub fn run(
     listen: Option<SocketAddr>,
     data_dir: PathBuf,
     drain: Duration,
+    telemetry: &Installed,
 ) -> anyhow::Result<ExitCode> {
     let defs = match load(paths) {
         Ok(d) => d,
@@ -111,7 +114,7 @@ pub fn run(
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(run_all(defs, listen, data_dir, drain))
+    runtime.block_on(run_all(defs, listen, data_dir, drain, telemetry))
 }
 
 async fn run_all(
@@ -119,9 +122,13 @@ async fn run_all(
     listen: Option<SocketAddr>,
     data_dir: PathBuf,
     drain: Duration,
+    telemetry: &Installed,
 ) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
+    if let Some(health) = &telemetry.health {
+        health.register(metrics.registry()).context("registering exporter metrics")?;
+    }
     let health = Health::default();
     for def in &defs {
         health.starting(&def.name);
@@ -144,12 +151,13 @@ async fn run_all(
     let options = RuntimeOptions { data_dir, drain_timeout: drain };
     let mut tasks = tokio::task::JoinSet::new();
     for def in defs {
-        tasks.spawn(run_pipeline(
+        tasks.spawn(run_pipeline_traced(
             Arc::new(def),
             options.clone(),
             metrics.clone(),
             health.clone(),
             shutdown.clone(),
+            telemetry.telemetry.clone(),
         ));
     }
     let mut failed = false;

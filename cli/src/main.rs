@@ -1,7 +1,9 @@
 //! The `feedline` command. Errors become exit codes here and nowhere else.
 
 mod bench;
+mod bench_tracing;
 mod commands;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,6 +59,12 @@ enum Command {
         /// Seconds a stopping pipeline may spend delivering in-flight events.
         #[arg(long, default_value_t = 30)]
         drain_timeout: u64,
+        /// A TOML file with a [telemetry] table (OTLP endpoint, protocol, service name, sampler,
+        /// resource attributes, queue sizes). OTEL_* environment variables override it; with
+        /// neither an endpoint nor OTEL_EXPORTER_OTLP_ENDPOINT, no traces are exported.
+        /// See docs/observability.md.
+        #[arg(long, env = "FEEDLINE_TELEMETRY_CONFIG")]
+        telemetry_config: Option<PathBuf>,
     },
     /// Check pipeline files without touching the network. Prints file:line:column errors and
     /// exits 1 if there are any.
@@ -103,6 +111,16 @@ enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
     },
+    /// The engine pipeline with tracing off, then on at 1% and 100% sampling (spans exported
+    /// over OTLP/gRPC to an in-process receiver); events/s and the loss against off.
+    Tracing {
+        /// Events per run.
+        #[arg(long, default_value_t = 500_000)]
+        events: u64,
+        /// Runs of each setting (interleaved; the best run counts).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -117,22 +135,24 @@ enum GraphFormat {
     Dot,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let (config, exporting) = match &cli.command {
+        Command::Run { telemetry_config, .. } => (telemetry_config.as_deref(), true),
+        // Its measuring children configure themselves from OTEL_* like `run`.
+        Command::Bench { which: Bench::Tracing { .. } } => (None, true),
+        _ => (None, false),
+    };
+    let installed = match telemetry::init(cli.log_format, config, exporting) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: telemetry: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
-        Command::Run { paths, listen, data_dir, drain_timeout } => {
-            commands::run(&paths, listen, data_dir, Duration::from_secs(drain_timeout))
+        Command::Run { paths, listen, data_dir, drain_timeout, telemetry_config: _ } => {
+            commands::run(&paths, listen, data_dir, Duration::from_secs(drain_timeout), &installed)
         }
         Command::Validate { paths } => commands::validate(&paths),
         Command::Test { paths } => commands::test(&paths),
@@ -140,8 +160,10 @@ fn main() -> ExitCode {
         Command::Schema { format } => commands::schema(matches!(format, SchemaFormat::Markdown)),
         Command::Bench { which } => match which {
             Bench::Engine { events } => bench::run(events),
+            Bench::Tracing { events, rounds } => bench_tracing::run(events, rounds, &installed),
         },
     };
+    installed.shutdown();
     match result {
         Ok(code) => code,
         Err(e) => {

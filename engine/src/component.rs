@@ -15,6 +15,7 @@ use crate::ack::AckToken;
 use crate::checkpoint::CheckpointStore;
 use crate::event::Event;
 use crate::metrics::ComponentMetrics;
+use crate::telemetry::{SourceSpans, StageTelemetry};
 
 /// What the engine should do about a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +113,7 @@ pub struct SourceContext {
     pub base_dir: PathBuf,
     pub(crate) out: mpsc::Sender<Batch>,
     pub(crate) dead_letter: mpsc::Sender<Rejected>,
+    pub(crate) telemetry: StageTelemetry,
 }
 
 /// The downstream stages are gone (the pipeline is stopping).
@@ -121,13 +123,34 @@ pub struct Closed;
 
 impl SourceContext {
     /// Hand a batch downstream; waits while downstream is full (backpressure).
-    pub async fn send(&self, batch: Batch) -> Result<(), Closed> {
+    ///
+    /// This is also where tracing starts: a `source.<type>` batch span covers the hand-off, and
+    /// each event whose context the sampler keeps gets a per-event span (see
+    /// [`crate::telemetry`]) whose `traceparent` it carries on.
+    pub async fn send(&self, mut batch: Batch) -> Result<(), Closed> {
+        use tracing::Instrument as _;
         if batch.is_empty() {
             return Ok(());
         }
-        self.metrics.events_in.inc_by(batch.len() as u64);
-        self.metrics.events_out.inc_by(batch.len() as u64);
-        self.out.send(batch).await.map_err(|_| Closed)
+        let n = batch.len();
+        self.metrics.events_in.inc_by(n as u64);
+        self.metrics.events_out.inc_by(n as u64);
+        let spans = SourceSpans::start(&self.telemetry, &mut batch.events);
+        let span = self.telemetry.batch_span(n);
+        let result = self.out.send(batch).instrument(span.clone()).await.map_err(|_| Closed);
+        let outcome = if result.is_ok() { "sent" } else { "closed" };
+        span.record("feedline.outcome", outcome);
+        if let Some(spans) = spans {
+            spans.end(outcome);
+        }
+        result
+    }
+
+    /// A `checkpoint.commit` span for a commit of `partition` the source is about to make:
+    /// enter it around the commit (`let _span = ctx.checkpoint_span("0").entered();`). Purely
+    /// additive: sources that do not call it lose nothing but the span.
+    pub fn checkpoint_span(&self, partition: &str) -> tracing::Span {
+        self.telemetry.checkpoint_span(partition)
     }
 
     /// Send an input record that could not be decoded to the dead-letter sink.

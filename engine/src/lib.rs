@@ -13,6 +13,8 @@
 //!   dead-letter path, graceful drain.
 //! - [`checkpoint`]: the embedded, atomically written checkpoint store.
 //! - [`metrics`], [`health`], [`ops`]: Prometheus metrics and the `/metrics` `/health` `/ready` endpoint.
+//! - [`telemetry`]: OpenTelemetry traces per stage and per sampled event, W3C trace context in
+//!   event headers, a bounded exporting span processor with Prometheus health counters.
 //! - [`testing`]: offline `[[test]]` cases; [`graph`]: Mermaid/DOT output.
 //! - [`jsonl`]: the JSON-lines file sink shared by the `file` sink and the default dead-letter sink.
 
@@ -28,6 +30,7 @@ pub mod metrics;
 pub mod ops;
 pub mod registry;
 pub mod runtime;
+pub mod telemetry;
 pub mod testing;
 
 pub use ack::{AckToken, Tracker};

@@ -49,6 +49,7 @@ fn run_case(def: &PipelineDef, case: &TestCase, metrics: &Metrics) -> Result<Cas
             type_name: t.type_name.clone(),
             transform,
             metrics: None,
+            telemetry: Default::default(),
         });
     }
     let source: Arc<str> = "test".into();

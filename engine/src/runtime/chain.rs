@@ -5,6 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use crate::ack::AckToken;
 use crate::component::{Batch, Output, Rejected, Transform};
 use crate::metrics::ComponentMetrics;
+use crate::telemetry::{record_error, StageTelemetry, TransformSpans};
 
 /// A built transform with its id and counters.
 pub struct ChainStage {
@@ -16,6 +17,8 @@ pub struct ChainStage {
     pub transform: Box<dyn Transform>,
     /// Its counters.
     pub metrics: Option<ComponentMetrics>,
+    /// Its span names and tracer (`StageTelemetry::default()`: untraced).
+    pub telemetry: StageTelemetry,
 }
 
 /// A transform panicked: a bug, never an input problem. The batch stays unacknowledged.
@@ -42,14 +45,23 @@ pub fn run_chain(
         let started = std::time::Instant::now();
         let mut out = Output::default();
         let events = std::mem::take(&mut batch.events);
-        let result = catch_unwind(AssertUnwindSafe(|| stage.transform.transform_batch(events, &mut out)));
+        let traced = TransformSpans::before(&stage.telemetry, &events);
+        let span = stage.telemetry.batch_span(n);
+        let result = span.in_scope(|| {
+            catch_unwind(AssertUnwindSafe(|| stage.transform.transform_batch(events, &mut out)))
+        });
         if let Err(payload) = result {
             let message = payload
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
+            span.record("feedline.outcome", "panicked");
+            record_error(&span, &message);
             return Err(TransformPanic { id: stage.id.clone(), message });
+        }
+        if let Some(traced) = traced {
+            traced.after(&stage.telemetry, &mut out.emitted, &mut out.rejected);
         }
         let acks = std::mem::take(&mut batch.acks);
         let mut touched = vec![false; n];
@@ -70,13 +82,18 @@ pub fn run_chain(
             }
         }
         let dropped = touched.iter().filter(|t| !**t).count();
+        let stage_rejected = rejected.iter().filter(|r| r.stage == stage_name).count();
+        span.record("feedline.outcome", "ok");
+        span.record("feedline.events.out", next.len());
+        span.record("feedline.events.dropped", dropped);
+        span.record("feedline.events.rejected", stage_rejected);
         // Each input's own share is done: its outputs and rejections hold clones.
         acks.into_iter().for_each(AckToken::ack);
         if let Some(m) = &stage.metrics {
             m.events_in.inc_by(n as u64);
             m.events_out.inc_by(next.len() as u64);
             m.dropped.inc_by(dropped as u64);
-            m.rejected.inc_by(rejected.iter().filter(|r| r.stage == stage_name).count() as u64);
+            m.rejected.inc_by(stage_rejected as u64);
             m.batch_seconds.observe(started.elapsed().as_secs_f64());
         }
         batch = next;

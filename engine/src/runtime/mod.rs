@@ -28,6 +28,7 @@ use crate::config::{PipelineDef, SinkDef};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::registry::BuildContext;
+use crate::telemetry::{Role, StageTelemetry, Telemetry};
 use sink_driver::{Fallback, SinkDriver};
 
 /// Process-wide runtime settings.
@@ -69,9 +70,14 @@ struct Shared {
     options: RuntimeOptions,
     fatal: CancellationToken,
     fatal_reason: Arc<Mutex<Option<String>>>,
+    telemetry: Telemetry,
 }
 
 impl Shared {
+    fn stage(&self, id: &str, type_name: &str, role: Role) -> StageTelemetry {
+        StageTelemetry::new(&self.telemetry, &self.name, id, type_name, role)
+    }
+
     fn build_context(&self, component: &str) -> BuildContext {
         BuildContext {
             pipeline: self.name.clone(),
@@ -102,7 +108,13 @@ impl Shared {
         let id = &sink.component.id;
         let built =
             sink.component.config.build(&self.build_context(id)).map_err(|e| self.build_error(id, e))?;
+        let role = match fallback {
+            Fallback::Abandon => Role::DeadLetter,
+            Fallback::DeadLetter(_) => Role::Sink,
+        };
+        let telemetry = self.stage(id, &sink.component.type_name, role);
         let driver = SinkDriver {
+            telemetry,
             stage: format!("sink.{id}"),
             sink: built.clone(),
             options: sink.options.clone(),
@@ -116,13 +128,27 @@ impl Shared {
 }
 
 /// Run one pipeline until `shutdown` is cancelled (then drain and return `Ok`) or a component
-/// fails fatally (then drain what can be drained and return the error).
+/// fails fatally (then drain what can be drained and return the error). Untraced; see
+/// [`run_pipeline_traced`].
 pub async fn run_pipeline(
     def: Arc<PipelineDef>,
     options: RuntimeOptions,
     metrics: Metrics,
     health: Health,
     shutdown: CancellationToken,
+) -> Result<(), PipelineError> {
+    run_pipeline_traced(def, options, metrics, health, shutdown, Telemetry::disabled()).await
+}
+
+/// [`run_pipeline`] with per-event spans going to `telemetry`'s tracer (batch spans are
+/// `tracing` spans either way: they reach an exporter if the binary installed one).
+pub async fn run_pipeline_traced(
+    def: Arc<PipelineDef>,
+    options: RuntimeOptions,
+    metrics: Metrics,
+    health: Health,
+    shutdown: CancellationToken,
+    telemetry: Telemetry,
 ) -> Result<(), PipelineError> {
     let fatal = shutdown.child_token();
     let shared = Shared {
@@ -132,6 +158,7 @@ pub async fn run_pipeline(
         options,
         fatal: fatal.clone(),
         fatal_reason: Arc::new(Mutex::new(None)),
+        telemetry,
     };
     let name = shared.name.clone();
     health.starting(&name);
@@ -156,7 +183,14 @@ pub async fn run_pipeline(
         let transform =
             t.config.build(&shared.build_context(&t.id)).map_err(|e| shared.build_error(&t.id, e))?;
         let metrics = Some(shared.metrics.component(&name, &t.id, "transform"));
-        stages.push(ChainStage { id: t.id.clone(), type_name: t.type_name.clone(), transform, metrics });
+        let telemetry = shared.stage(&t.id, &t.type_name, Role::Transform);
+        stages.push(ChainStage {
+            id: t.id.clone(),
+            type_name: t.type_name.clone(),
+            transform,
+            metrics,
+            telemetry,
+        });
     }
     let source_id = def.source.id.clone();
     let source = def
@@ -201,6 +235,7 @@ pub async fn run_pipeline(
         base_dir: def.base_dir.clone(),
         out: src_tx,
         dead_letter: dl_tx,
+        telemetry: shared.stage(&source_id, &def.source.type_name, Role::Source),
     };
     health.running(&name);
     tracing::info!(pipeline = %name, source = %source_id, sinks = def.sinks.len(), transforms = def.transforms.len(), "pipeline running");

@@ -8,12 +8,14 @@ use rand::Rng;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::ack::AckToken;
 use crate::component::{Batch, ErrorClass, Rejected, Sink};
 use crate::config::{RetryOptions, SinkOptions};
 use crate::event::Event;
 use crate::metrics::ComponentMetrics;
+use crate::telemetry::{record_error, sink_delivered, sink_failed, sink_retry, SinkSpans, StageTelemetry};
 
 /// Where a driver sends what it cannot deliver.
 pub(crate) enum Fallback {
@@ -32,6 +34,8 @@ pub(crate) struct SinkDriver {
     /// Cancelled on a fatal error; the pipeline stops.
     pub fatal: CancellationToken,
     pub fatal_reason: Arc<std::sync::Mutex<Option<String>>>,
+    /// Span names and tracer: `sink.<type>` or `dead_letter`, per attempt and per traced event.
+    pub telemetry: StageTelemetry,
 }
 
 struct RateLimiter {
@@ -114,36 +118,53 @@ impl SinkDriver {
 
     /// Write until every event is delivered, rejected, or given up on.
     async fn deliver(&self, mut events: Vec<Event>, mut acks: Vec<AckToken>) {
+        let mut traced = SinkSpans::start(&self.telemetry, &mut events);
         let mut attempt: u32 = 0;
         loop {
             self.metrics.events_in.inc_by(if attempt == 0 { events.len() as u64 } else { 0 });
+            let span = self.telemetry.batch_span(events.len());
+            span.record("feedline.attempt", attempt + 1);
             let started = Instant::now();
-            let results = self.sink.write(&events).await;
+            let results = self.sink.write(&events).instrument(span.clone()).await;
             self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
             let mut retry_events = Vec::new();
             let mut retry_acks = Vec::new();
+            let mut retry_traced = SinkSpans::default();
+            let (mut delivered, mut rejected) = (0usize, 0usize);
             let mut last_error = String::new();
             let mut results = results.into_iter();
-            for (event, ack) in events.into_iter().zip(acks) {
+            for (i, (event, ack)) in events.into_iter().zip(acks).enumerate() {
                 let result = results.next().unwrap_or_else(|| {
                     Err(crate::component::ComponentError::retriable(
                         "sink returned fewer results than events",
                     ))
                 });
+                let mut event_span = traced.take(i);
                 match result {
                     Ok(()) => {
                         self.metrics.events_out.inc();
                         ack.ack();
+                        delivered += 1;
+                        sink_delivered(event_span, attempt + 1);
                     }
                     Err(e) => match e.class {
                         ErrorClass::Retriable => {
+                            sink_retry(&mut event_span, attempt + 1, &e.message);
                             last_error = e.message;
                             retry_events.push(event);
                             retry_acks.push(ack);
+                            if !traced.is_empty() {
+                                retry_traced.keep(event_span);
+                            }
                         }
-                        ErrorClass::Reject => self.reject(event, ack, e.message).await,
+                        ErrorClass::Reject => {
+                            rejected += 1;
+                            sink_failed(event_span, "rejected", &e.message, attempt + 1);
+                            self.reject(event, ack, e.message).await
+                        }
                         ErrorClass::Fatal => {
                             tracing::error!(stage = %self.stage, error = %e.message, "fatal sink error; stopping the pipeline");
+                            sink_failed(event_span, "failed", &e.message, attempt + 1);
                             if let Ok(mut r) = self.fatal_reason.lock() {
                                 r.get_or_insert(format!("{}: {}", self.stage, e.message));
                             }
@@ -153,26 +174,42 @@ impl SinkDriver {
                     },
                 }
             }
+            span.record("feedline.events.delivered", delivered);
+            span.record("feedline.events.rejected", rejected);
+            span.record("feedline.events.retried", retry_events.len());
             if retry_events.is_empty() {
+                span.record("feedline.outcome", if rejected == 0 { "delivered" } else { "partly_rejected" });
                 return;
             }
+            record_error(&span, &last_error);
             attempt += 1;
             if self.options.retry.max_attempts.is_some_and(|max| attempt >= max) {
+                span.record("feedline.outcome", "gave_up");
                 let reason = format!("gave up after {attempt} attempts: {last_error}");
-                for (event, ack) in retry_events.into_iter().zip(retry_acks) {
+                for (i, (event, ack)) in retry_events.into_iter().zip(retry_acks).enumerate() {
+                    sink_failed(retry_traced.take(i), "gave_up", &reason, attempt);
                     self.reject(event, ack, reason.clone()).await;
                 }
                 return;
             }
+            span.record("feedline.outcome", "retrying");
             self.metrics.retries.inc_by(retry_events.len() as u64);
             let wait = backoff(&self.options.retry, attempt);
-            tracing::warn!(stage = %self.stage, attempt, events = retry_events.len(), error = %last_error, backoff_ms = wait.as_millis() as u64, "retrying write");
+            span.in_scope(|| {
+                tracing::warn!(stage = %self.stage, attempt, events = retry_events.len(), error = %last_error, backoff_ms = wait.as_millis() as u64, "retrying write");
+            });
+            drop(span);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = self.fatal.cancelled() => return, // tokens abandoned: re-read after restart
+                _ = self.fatal.cancelled() => {
+                    // tokens abandoned: re-read after restart
+                    retry_traced.end_all("abandoned", "the pipeline stopped during a retry");
+                    return;
+                }
             }
             events = retry_events;
             acks = retry_acks;
+            traced = retry_traced;
         }
     }
 
