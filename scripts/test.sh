@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/install-system-deps.sh
 FEEDLINE_TANSU="$(scripts/install-tansu.sh)"
 export FEEDLINE_TANSU
+FEEDLINE_POUCHDB="$(scripts/install-pouchdb.sh)"; export FEEDLINE_POUCHDB
 cargo test --workspace --locked "$@"

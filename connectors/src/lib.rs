@@ -6,10 +6,12 @@
 //! - [`stdio`]: `stdin` source and `stdout` sink.
 //! - [`generator`]: synthetic events at a rate, for demos and benchmarks.
 //! - [`blackhole`]: a sink that discards (and counts) everything.
+//! - [`couchdb`]: `_changes` source (checkpointed `seq`) and `_bulk_docs` document sink.
 //!
 //! [`register`] is the explicit list: adding a connector adds one line there.
 
 pub mod blackhole;
+pub mod couchdb;
 pub mod file;
 pub mod generator;
 mod lines;
@@ -22,7 +24,9 @@ pub fn register(registry: &mut Registry) {
     registry.add_source::<file::FileSourceConfig>();
     registry.add_source::<stdio::StdinSourceConfig>();
     registry.add_source::<generator::GeneratorConfig>();
+    registry.add_source::<couchdb::CouchdbSourceConfig>();
     registry.add_sink::<file::FileSinkConfig>();
     registry.add_sink::<stdio::StdoutSinkConfig>();
     registry.add_sink::<blackhole::BlackholeConfig>();
+    registry.add_sink::<couchdb::CouchdbSinkConfig>();
 }
