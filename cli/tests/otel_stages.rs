@@ -122,6 +122,10 @@ fn every_sampled_event_is_one_trace_through_every_stage_over_grpc() {
         assert!(b.attr("feedline.component.id").is_some());
         assert!(b.parent_span_id.is_empty(), "batch spans are roots");
     }
+    // The file source commits its offset at the end (and on an interval), inside a span.
+    let commit = batches.iter().find(|s| s.name == "checkpoint.commit").expect("checkpoint.commit span");
+    assert_eq!(commit.attr("feedline.component.type").as_deref(), Some("file"));
+    assert!(commit.attr("feedline.checkpoint.position").unwrap().parse::<u64>().unwrap() > 0);
     let filter = batches.iter().find(|s| s.name == "transform.filter").unwrap();
     assert_eq!(filter.attr("feedline.events.dropped").as_deref(), Some("5"));
 }

@@ -146,11 +146,11 @@ impl SourceContext {
         result
     }
 
-    /// A `checkpoint.commit` span for a commit of `partition` the source is about to make:
-    /// enter it around the commit (`let _span = ctx.checkpoint_span("0").entered();`). Purely
-    /// additive: sources that do not call it lose nothing but the span.
-    pub fn checkpoint_span(&self, partition: &str) -> tracing::Span {
-        self.telemetry.checkpoint_span(partition)
+    /// A `checkpoint.commit` span for committing `position` of `partition`: enter it around the
+    /// commit (`let _span = ctx.checkpoint_span("0", &offset).entered();`). Purely additive:
+    /// sources that do not call it lose nothing but the span.
+    pub fn checkpoint_span(&self, partition: &str, position: &dyn std::fmt::Display) -> tracing::Span {
+        self.telemetry.checkpoint_span(partition, position)
     }
 
     /// Send an input record that could not be decoded to the dead-letter sink.

@@ -121,6 +121,7 @@ impl FileSource {
     fn commit(&self, ctx: &SourceContext, tracker: &Tracker<u64>) -> Result<(), ComponentError> {
         if let Some(offset) = tracker.take_committable() {
             let value = json!({ "offset": offset, "path": self.path.display().to_string() });
+            let _span = ctx.checkpoint_span("0", &offset).entered();
             ctx.checkpoints.store(CHECKPOINT_KEY, &value).map_err(|e| ComponentError::retriable(format!("checkpoint: {e}")))?;
             ctx.metrics.checkpoint_commits.inc();
             ctx.metrics.set_checkpoint("0", offset as i64);

@@ -196,7 +196,7 @@ impl StageTelemetry {
     }
 
     /// A `checkpoint.commit` span for this (source) stage.
-    pub(crate) fn checkpoint_span(&self, partition: &str) -> tracing::Span {
+    pub(crate) fn checkpoint_span(&self, partition: &str, position: &dyn std::fmt::Display) -> tracing::Span {
         let i = &*self.info;
         tracing::info_span!(
             target: STAGE_TARGET,
@@ -207,6 +207,7 @@ impl StageTelemetry {
             feedline.component.id = &*i.id,
             "feedline.component.type" = &*i.type_name,
             feedline.checkpoint.partition = partition,
+            feedline.checkpoint.position = %position,
         )
     }
 }
