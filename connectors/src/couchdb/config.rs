@@ -28,12 +28,13 @@ pub struct CouchdbSourceConfig {
     pub url: String,
     /// Database to follow.
     pub database: String,
-    /// Credentials (basic or cookie auth).
+    /// Credentials: `{ username = "..", password = "..", method = "basic" | "cookie" }`
+    /// (`basic` by default). The password is never logged.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
     /// `continuous` keeps one response open and streams changes; `longpoll` asks again after
     /// each batch.
-    #[serde(default)]
+    #[serde(default = "default_feed")]
     pub feed: Feed,
     /// Ask the server for a newline every this many milliseconds while nothing changes.
     #[serde(default = "default_heartbeat_ms")]
@@ -67,10 +68,10 @@ pub struct CouchdbSourceConfig {
     #[serde(default = "default_true")]
     pub skip_design_docs: bool,
     /// Where to start when there is no checkpoint yet.
-    #[serde(default)]
+    #[serde(default = "default_start_from")]
     pub start_from: StartFrom,
     /// Where the checkpoint (the last done `seq`) is kept.
-    #[serde(default)]
+    #[serde(default = "default_checkpoint")]
     pub checkpoint: CheckpointLocation,
     /// Id of the checkpoint document (after `_local/`); default `feedline-<pipeline>`.
     #[serde(default)]
@@ -112,13 +113,14 @@ pub struct CouchdbSinkConfig {
     pub url: String,
     /// Database to write to.
     pub database: String,
-    /// Credentials (basic or cookie auth).
+    /// Credentials: `{ username = "..", password = "..", method = "basic" | "cookie" }`
+    /// (`basic` by default). The password is never logged.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
     /// What a `conflict` (a document with this `_id` exists at another revision) means:
     /// `ignore` counts it as delivered (the record is already stored), `overwrite` re-reads the
     /// `_rev` and writes again, `reject` sends the event to the dead-letter sink.
-    #[serde(default)]
+    #[serde(default = "default_on_conflict")]
     pub on_conflict: OnConflict,
     /// Create the database at start (and after it vanished) when it does not exist.
     #[serde(default)]
@@ -131,6 +133,7 @@ pub struct CouchdbSinkConfig {
 /// Credentials.
 #[derive(Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "CouchdbAuth")]
 pub struct AuthConfig {
     /// User name.
     pub username: String,
@@ -138,13 +141,14 @@ pub struct AuthConfig {
     pub password: String,
     /// `basic` sends the credentials with every request; `cookie` logs in at `/_session` and
     /// sends the session cookie, logging in again when it expires.
-    #[serde(default)]
+    #[serde(default = "default_auth_method")]
     pub method: AuthMethod,
 }
 
 /// How credentials are presented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "CouchdbAuthMethod")]
 pub enum AuthMethod {
     /// HTTP basic auth on every request.
     #[default]
@@ -156,6 +160,7 @@ pub enum AuthMethod {
 /// The kind of `_changes` feed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "CouchdbFeed")]
 pub enum Feed {
     /// One long response streaming a line per change.
     #[default]
@@ -167,6 +172,7 @@ pub enum Feed {
 /// Where a feed without a checkpoint starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "CouchdbStartFrom")]
 pub enum StartFrom {
     /// Every change since the database was created.
     #[default]
@@ -178,6 +184,7 @@ pub enum StartFrom {
 /// Where the source keeps its checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "CouchdbCheckpoint")]
 pub enum CheckpointLocation {
     /// A `_local/<checkpoint_id>` document in the followed database (not replicated, survives
     /// a new data directory).
@@ -190,6 +197,7 @@ pub enum CheckpointLocation {
 /// What a write conflict means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "CouchdbOnConflict")]
 pub enum OnConflict {
     /// Already stored: delivered.
     #[default]
@@ -200,6 +208,21 @@ pub enum OnConflict {
     Reject,
 }
 
+fn default_feed() -> Feed {
+    Feed::Continuous
+}
+fn default_start_from() -> StartFrom {
+    StartFrom::Beginning
+}
+fn default_checkpoint() -> CheckpointLocation {
+    CheckpointLocation::Database
+}
+fn default_on_conflict() -> OnConflict {
+    OnConflict::Ignore
+}
+fn default_auth_method() -> AuthMethod {
+    AuthMethod::Basic
+}
 fn default_true() -> bool {
     true
 }
