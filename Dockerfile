@@ -2,7 +2,7 @@
 # Build: docker build -t feedline .
 # Run:   docker run --rm -v $PWD/pipelines:/etc/feedline/pipelines:ro -p 9598:9598 feedline
 
-FROM rust:1.85-bookworm AS build
+FROM rust:1.88-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends pkg-config libssl-dev zlib1g-dev make \
  && rm -rf /var/lib/apt/lists/*

@@ -6,11 +6,13 @@
 //! - [`stdio`]: `stdin` source and `stdout` sink.
 //! - [`generator`]: synthetic events at a rate, for demos and benchmarks.
 //! - [`blackhole`]: a sink that discards (and counts) everything.
+//! - [`cosmos`]: `cosmos_change_feed` source (change-feed processor with leases) and `cosmos` sink.
 //! - [`couchdb`]: `_changes` source (checkpointed `seq`) and `_bulk_docs` document sink.
 //!
 //! [`register`] is the explicit list: adding a connector adds one line there.
 
 pub mod blackhole;
+pub mod cosmos;
 pub mod couchdb;
 pub mod file;
 pub mod generator;
@@ -24,9 +26,11 @@ pub fn register(registry: &mut Registry) {
     registry.add_source::<file::FileSourceConfig>();
     registry.add_source::<stdio::StdinSourceConfig>();
     registry.add_source::<generator::GeneratorConfig>();
+    registry.add_source::<cosmos::CosmosChangeFeedConfig>();
     registry.add_source::<couchdb::CouchdbSourceConfig>();
     registry.add_sink::<file::FileSinkConfig>();
     registry.add_sink::<stdio::StdoutSinkConfig>();
     registry.add_sink::<blackhole::BlackholeConfig>();
+    registry.add_sink::<cosmos::CosmosSinkConfig>();
     registry.add_sink::<couchdb::CouchdbSinkConfig>();
 }
