@@ -189,3 +189,62 @@ retry = {{ initial_backoff_ms = 100, max_backoff_ms = 500 }}
         started.elapsed()
     );
 }
+
+#[test]
+fn basic_and_cookie_auth_work_and_a_wrong_password_stops_the_pipeline_unlogged() {
+    let mut db = CouchDb::start();
+    db.add_admin("admin", "s3cret-pw");
+    let w = Workdir::new();
+    w.write(
+        "in.jsonl",
+        &((0..10).map(|i| json!({"_id": format!("d{i}")}).to_string()).collect::<Vec<_>>().join("\n") + "\n"),
+    );
+    let pipeline = |name: &str, source: &str, sink_db: &str, auth: &str| {
+        format!(
+            "name = \"{name}\"\n{source}\n[[sinks]]\ntype = \"couchdb\"\nurl = \"{url}\"\ndatabase = \"{sink_db}\"\ncreate_database = true\nauth = {auth}\n",
+            url = db.url()
+        )
+    };
+    let file_source = "[source]\ntype = \"file\"\npath = \"in.jsonl\"\n";
+    // Basic auth: the database is created and written.
+    let basic = w.write(
+        "basic.toml",
+        &pipeline("basic", file_source, "authdb", r#"{ username = "admin", password = "s3cret-pw" }"#),
+    );
+    let mut f = run(&basic, &w.path("data"), &w.path("basic.log"), &[]);
+    assert!(f.wait_timeout(Duration::from_secs(30)).is_some_and(|s| s.success()), "{}", f.log());
+    assert_eq!(db.doc_count("authdb"), Some(10));
+    // Cookie auth on both ends: the changes source (and its _local checkpoint) and the sink.
+    // (pouchdb-server keeps continuous feeds silent once an admin exists; longpoll works.)
+    let source = format!(
+        "[source]\ntype = \"couchdb\"\nurl = \"{url}\"\ndatabase = \"authdb\"\nfeed = \"longpoll\"\nheartbeat_ms = 500\nread_timeout_ms = 2000\nauth = {{ username = \"admin\", password = \"s3cret-pw\", method = \"cookie\" }}\n",
+        url = db.url()
+    );
+    let cookie = w.write(
+        "cookie.toml",
+        &pipeline(
+            "cookie",
+            &source,
+            "copydb",
+            r#"{ username = "admin", password = "s3cret-pw", method = "cookie" }"#,
+        ),
+    );
+    let mut c = run(&cookie, &w.path("data"), &w.path("cookie.log"), &[]);
+    assert!(wait_until(Duration::from_secs(30), || db.doc_count("copydb") == Some(10)), "{}", c.log());
+    c.signal(15);
+    assert!(c.wait_timeout(Duration::from_secs(20)).is_some_and(|s| s.success()), "{}", c.log());
+    let (status, checkpoint) = db.request("GET", "/authdb/_local/feedline-cookie", None);
+    assert_eq!(status, 200, "{checkpoint}");
+    // A wrong password stops the pipeline (401 is fatal) and is never logged.
+    let wrong = w.write(
+        "wrong.toml",
+        &pipeline("wrong", file_source, "authdb", r#"{ username = "admin", password = "wrong-pw-123" }"#),
+    );
+    let mut x = run(&wrong, &w.path("data"), &w.path("wrong.log"), &[("RUST_LOG", "debug")]);
+    let status = x.wait_timeout(Duration::from_secs(30)).expect("a fatal error ends the process");
+    assert!(!status.success(), "{}", x.log());
+    assert!(x.log().contains("401"), "{}", x.log());
+    for log in [x.log(), f.log(), c.log()] {
+        assert!(!log.contains("wrong-pw-123") && !log.contains("s3cret-pw"), "a password was logged:\n{log}");
+    }
+}

@@ -53,6 +53,8 @@ pub struct CouchDb {
     port: u16,
     persistent: bool,
     dir: tempfile::TempDir,
+    /// `Authorization` header value once an admin exists.
+    auth: Option<String>,
 }
 
 impl CouchDb {
@@ -70,7 +72,7 @@ impl CouchDb {
     fn launch(persistent: bool) -> Self {
         let mut dir = tempfile::tempdir().expect("temp dir");
         for _attempt in 0..3 {
-            let mut db = CouchDb { child: None, port: free_port(), persistent, dir };
+            let mut db = CouchDb { child: None, port: free_port(), persistent, dir, auth: None };
             if db.spawn() {
                 return db;
             }
@@ -167,12 +169,21 @@ impl CouchDb {
         path: &str,
         body: Option<&Value>,
     ) -> std::io::Result<(u16, Value)> {
-        http(self.port, method, path, body)
+        http(self.port, self.auth.as_deref(), method, path, body)
     }
 
     /// One HTTP request that must get an answer.
     pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         self.try_request(method, path, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Make `user` a server admin: from then on credentials must be right (anonymous reads stay
+    /// allowed on pouchdb-server), and this handle's own requests use them.
+    pub fn add_admin(&mut self, user: &str, password: &str) {
+        let (status, body) =
+            self.request("PUT", &format!("/_config/admins/{}", encode(user)), Some(&json!(password)));
+        assert_eq!(status, 200, "add admin: {body}");
+        self.auth = Some(format!("Basic {}", base64(format!("{user}:{password}").as_bytes())));
     }
 
     /// Create a database (fine if it exists).
@@ -246,13 +257,22 @@ pub fn encode(id: &str) -> String {
 }
 
 /// A blocking HTTP/1.0 request to 127.0.0.1:`port` (the answer is read to its end).
-fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> std::io::Result<(u16, Value)> {
+fn http(
+    port: u16,
+    auth: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> std::io::Result<(u16, Value)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
     let mut req =
         format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json\r\n");
+    if let Some(auth) = auth {
+        req.push_str(&format!("Authorization: {auth}\r\n"));
+    }
     if body.is_some() {
         req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", payload.len()));
     }
@@ -266,4 +286,22 @@ fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> std::io::R
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let value = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()));
     Ok((status, value))
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

@@ -99,8 +99,9 @@ pub struct CouchdbSourceConfig {
 
 /// Writes events as documents with `_bulk_docs`.
 ///
-/// The document is the event value (a JSON object); its `_id` is the value's `_id`, else the
-/// event key, else one the server assigns (avoid that: a retried write then stores a second
+/// The document is the event value (a JSON object) without its `_rev` (revisions belong to the
+/// target; `on_conflict` decides about existing documents); its `_id` is the value's `_id`, else
+/// the event key, else one the server assigns (avoid that: a retried write then stores a second
 /// copy). Delete events delete the document (a `_deleted` stub with its current `_rev`; an
 /// absent or already deleted document counts as delivered). Batching, concurrency
 /// (`max_in_flight`), `rate_limit` (documents/s), retries and dead-lettering are the engine's

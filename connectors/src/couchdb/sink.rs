@@ -264,12 +264,16 @@ fn event_id(event: &Event) -> Option<String> {
     }
 }
 
-/// The document to write for an upsert event.
+/// The document to write for an upsert event: the value without `_rev` (a revision read from
+/// another database means nothing here), with `_id` from the key when it has none.
 fn document(event: &Event) -> Result<Map<String, Value>, ComponentError> {
     let Value::Object(doc) = &event.value else {
         return Err(ComponentError::reject("a CouchDB document must be a JSON object"));
     };
     let mut doc = doc.clone();
+    // Revisions belong to the target: `on_conflict` decides about an existing document.
+    doc.remove("_rev");
+    doc.remove("_revisions");
     match doc.get("_id") {
         Some(Value::String(id)) if !id.is_empty() => {}
         Some(Value::String(_)) | None => {
@@ -343,8 +347,9 @@ mod tests {
 
     #[test]
     fn the_document_id_comes_from_the_value_then_the_key() {
-        let doc = document(&event(json!({"_id": "a/1", "x": 1}), Some("other"))).unwrap();
+        let doc = document(&event(json!({"_id": "a/1", "_rev": "3-x", "x": 1}), Some("other"))).unwrap();
         assert_eq!(doc["_id"], "a/1");
+        assert!(!doc.contains_key("_rev"), "revisions belong to the target");
         let doc = document(&event(json!({"x": 1}), Some("guest/abc"))).unwrap();
         assert_eq!(doc["_id"], "guest/abc");
         let doc = document(&event(json!({"x": 1}), None)).unwrap();

@@ -255,29 +255,41 @@ impl ChangesSource {
     }
 
     /// One longpoll request: read the whole answer (heartbeats keep it alive), send its rows.
+    /// Checkpoints keep being stored while the request waits for a change.
     async fn poll(
         &mut self,
         run: &mut Run<'_>,
         mut resp: reqwest::Response,
     ) -> Result<Ended, ComponentError> {
         let read_timeout = Duration::from_millis(self.cfg().read_timeout_ms);
+        let commit_every = Duration::from_millis(self.cfg().commit_interval_ms);
         let mut body = Vec::new();
+        let mut last_data = Instant::now();
         loop {
+            let wait = read_timeout
+                .saturating_sub(last_data.elapsed())
+                .min(commit_every.saturating_sub(run.last_commit.elapsed()))
+                .max(Duration::from_millis(1));
             let next = tokio::select! {
                 _ = run.ctx.cancelled() => return Ok(Ended::Stop),
-                r = tokio::time::timeout(read_timeout, resp.chunk()) => r,
+                r = tokio::time::timeout(wait, resp.chunk()) => r,
             };
             match next {
-                Err(_) => {
+                Err(_) if last_data.elapsed() >= read_timeout => {
                     return Err(ComponentError::retriable(format!(
                         "nothing (not even a heartbeat) for {} ms; asking again",
                         self.cfg().read_timeout_ms
                     )))
                 }
-                Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
+                Err(_) => {}
+                Ok(Ok(Some(chunk))) => {
+                    last_data = Instant::now();
+                    body.extend_from_slice(&chunk);
+                }
                 Ok(Ok(None)) => break,
                 Ok(Err(e)) => return Err(ComponentError::retriable(format!("_changes: {e}"))),
             }
+            self.commit_if_due(run).await;
         }
         let answer: Value = serde_json::from_slice(&body)
             .map_err(|e| ComponentError::retriable(format!("_changes: invalid answer: {e}")))?;
