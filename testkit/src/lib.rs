@@ -6,6 +6,7 @@
 //! time; servers and processes are killed when their handle drops.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cosmos;
 pub mod couchdb;
 pub mod otlp;
 pub mod process;
