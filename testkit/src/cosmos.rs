@@ -190,8 +190,13 @@ impl Front {
         if let Err(why) = self.authorize(parts.method.as_str(), &path, &parts.headers) {
             return error(StatusCode::UNAUTHORIZED, "Unauthorized", &why);
         }
-        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let Ok(url) = Url::parse(&format!("{}{}", self.base, path_and_query)) else {
+        // The service accepts `/dbs/x/` (the Python SDK sends it); the emulator does not.
+        let trimmed = match path.trim_end_matches('/') {
+            "" => "/",
+            p => p,
+        };
+        let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        let Ok(url) = Url::parse(&format!("{}{trimmed}{query}", self.base)) else {
             return error(StatusCode::BAD_REQUEST, "BadRequest", "bad url");
         };
         let Some(method) = method(parts.method.as_str()) else {
