@@ -8,6 +8,7 @@
 //! - [`blackhole`]: a sink that discards (and counts) everything.
 //! - [`cosmos`]: `cosmos_change_feed` source (change-feed processor with leases) and `cosmos` sink.
 //! - [`couchdb`]: `_changes` source (checkpointed `seq`) and `_bulk_docs` document sink.
+//! - [`kafka`]: consumer-group `kafka` source and idempotent-producer `kafka` sink.
 //!
 //! [`register`] is the explicit list: adding a connector adds one line there.
 
@@ -16,6 +17,7 @@ pub mod cosmos;
 pub mod couchdb;
 pub mod file;
 pub mod generator;
+pub mod kafka;
 mod lines;
 pub mod stdio;
 
@@ -28,9 +30,11 @@ pub fn register(registry: &mut Registry) {
     registry.add_source::<generator::GeneratorConfig>();
     registry.add_source::<cosmos::CosmosChangeFeedConfig>();
     registry.add_source::<couchdb::CouchdbSourceConfig>();
+    registry.add_source::<kafka::KafkaSourceConfig>();
     registry.add_sink::<file::FileSinkConfig>();
     registry.add_sink::<stdio::StdoutSinkConfig>();
     registry.add_sink::<blackhole::BlackholeConfig>();
     registry.add_sink::<cosmos::CosmosSinkConfig>();
     registry.add_sink::<couchdb::CouchdbSinkConfig>();
+    registry.add_sink::<kafka::KafkaSinkConfig>();
 }

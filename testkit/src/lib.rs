@@ -10,5 +10,6 @@ pub mod cosmos;
 pub mod couchdb;
 pub mod otlp;
 pub mod process;
+pub mod tansu;
 
 pub use process::{free_port, wait_until, Feedline};

@@ -1,0 +1,113 @@
+//! A Kafka record becomes an event: key, headers, timestamp, topic, partition and offset into
+//! [`Metadata`], the value decoded per [`Decoding`]. A null value (tombstone) is a delete event.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use feedline_engine::{Event, Metadata, Operation};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use serde_json::Value;
+
+use super::config::Decoding;
+
+/// Where a record came from: cached per partition so events share the strings.
+#[derive(Clone)]
+pub struct Origin {
+    /// Source component id.
+    pub source: Arc<str>,
+    /// Topic.
+    pub topic: Arc<str>,
+    /// Partition number as text.
+    pub partition: Arc<str>,
+}
+
+/// Turn a record into an event. When the value cannot be decoded, the event holds the raw value
+/// as text and the reason comes with it: it goes to the dead-letter sink with its position.
+pub fn to_event(msg: &BorrowedMessage<'_>, decoding: Decoding, origin: &Origin) -> (Event, Option<String>) {
+    let headers = match msg.headers() {
+        Some(h) => h
+            .iter()
+            .map(|h| (h.key.to_owned(), Bytes::copy_from_slice(h.value.unwrap_or_default())))
+            .collect(),
+        None => Vec::new(),
+    };
+    let meta = Metadata {
+        source: origin.source.clone(),
+        stream: Some(origin.topic.clone()),
+        partition: Some(origin.partition.clone()),
+        position: Some(Value::from(msg.offset())),
+        time_ms: msg.timestamp().to_millis(),
+        headers,
+        route: None,
+    };
+    let key = msg.key().map(Bytes::copy_from_slice);
+    let Some(payload) = msg.payload() else {
+        return (Event { key, value: Value::Null, operation: Operation::Delete, meta }, None);
+    };
+    match decode(payload, decoding) {
+        Ok(value) => (Event { key, value, operation: Operation::Upsert, meta }, None),
+        Err(reason) => {
+            let raw = Value::String(String::from_utf8_lossy(payload).into_owned());
+            (Event { key, value: raw, operation: Operation::Upsert, meta }, Some(reason))
+        }
+    }
+}
+
+/// Decode a record value.
+pub fn decode(payload: &[u8], decoding: Decoding) -> Result<Value, String> {
+    match decoding {
+        Decoding::Json => serde_json::from_slice(payload).map_err(|e| format!("invalid JSON: {e}")),
+        Decoding::String => match std::str::from_utf8(payload) {
+            Ok(s) => Ok(Value::String(s.to_owned())),
+            Err(e) => Err(format!("invalid UTF-8: {e}")),
+        },
+        Decoding::Bytes => Ok(Value::String(base64(payload))),
+    }
+}
+
+/// Standard base64 with padding.
+pub fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_each_way_and_explains_failures() {
+        assert_eq!(decode(br#"{"a":1}"#, Decoding::Json).unwrap(), serde_json::json!({"a": 1}));
+        assert!(decode(b"{nope", Decoding::Json).unwrap_err().starts_with("invalid JSON"));
+        assert_eq!(decode(b"hi", Decoding::String).unwrap(), Value::String("hi".into()));
+        assert!(decode(&[0xff], Decoding::String).unwrap_err().starts_with("invalid UTF-8"));
+        assert_eq!(decode(&[0xff, 0, 1], Decoding::Bytes).unwrap(), Value::String("/wAB".into()));
+    }
+
+    #[test]
+    fn base64_matches_the_rfc_vectors() {
+        for (input, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), want);
+        }
+    }
+}
