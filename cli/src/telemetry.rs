@@ -225,8 +225,14 @@ fn resolve(
     } else {
         return Ok(None); // no endpoint: tracing off
     };
-    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-        bail!("OTLP endpoint `{endpoint}` must start with http:// or https://");
+    if endpoint.starts_with("https://") {
+        bail!(
+            "OTLP endpoint `{endpoint}`: TLS is not built into feedline's exporter; send to a collector \
+             or agent next to it over http:// (see docs/observability.md)"
+        );
+    }
+    if !endpoint.starts_with("http://") {
+        bail!("OTLP endpoint `{endpoint}` must start with http://");
     }
     let mut resource_attributes = file.resource_attributes.clone();
     if let Some(text) = env("OTEL_RESOURCE_ATTRIBUTES") {
@@ -506,6 +512,7 @@ mod tests {
             ])
         )
         .is_err());
+        assert!(resolve(None, &env_of(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318")])).is_err());
         let err = parse_settings("[telemetry]\nendpont = \"x\"\n").unwrap_err().to_string();
         assert!(err.contains("did you mean `endpoint`"), "{err}");
         assert!(parse_settings("name = \"x\"\n").is_err());

@@ -172,3 +172,92 @@ fn without_an_endpoint_nothing_is_exported() {
     let out = std::fs::read_to_string(work.path("out.jsonl")).unwrap();
     assert!(!out.contains("traceparent"));
 }
+
+#[test]
+fn a_telemetry_file_configures_export_and_otel_variables_override_it() {
+    let receiver = OtlpReceiver::start();
+    let work = Workdir::new();
+    work.write("in.jsonl", &input(5));
+    let pipeline = work.write("traced.toml", PIPELINE);
+    let config = work.write(
+        "telemetry.toml",
+        &format!(
+            "[telemetry]\nendpoint = \"{}\"\nprotocol = \"grpc\"\nservice_name = \"from-file\"\n\
+             sampler = \"always_on\"\nscheduled_delay_ms = 100\n",
+            receiver.grpc_endpoint()
+        ),
+    );
+    let args = ["--telemetry-config", config.to_str().unwrap()];
+    let mut f = run_with(&pipeline, &work.path("data"), &work.path("a.log"), &[], &args);
+    assert!(f.wait_timeout(Duration::from_secs(60)).unwrap().success(), "{}", f.log());
+    assert!(receiver.spans().iter().all(|s| s.service == "from-file" && s.transport == "grpc"));
+    assert_eq!(event_traces(&receiver.spans()).len(), 5);
+
+    // The environment wins: another service name, and HTTP to the other listener.
+    let before = receiver.spans().len();
+    std::fs::remove_dir_all(work.path("data")).unwrap();
+    let env = [
+        ("OTEL_SERVICE_NAME", "from-env"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &*receiver.http_endpoint()),
+    ];
+    let mut f = run_with(&pipeline, &work.path("data"), &work.path("b.log"), &env, &args);
+    assert!(f.wait_timeout(Duration::from_secs(60)).unwrap().success(), "{}", f.log());
+    let later = &receiver.spans()[before..];
+    assert!(!later.is_empty() && later.iter().all(|s| s.service == "from-env" && s.transport == "http"));
+
+    // A mistake in the file stops `run` before any pipeline starts.
+    work.write("bad.toml", "[telemetry]\nsampler = \"sometimes\"\nendpoint = \"http://x:1\"\n");
+    let bad_path = work.path("bad.toml");
+    let bad = ["--telemetry-config", bad_path.to_str().unwrap()];
+    let mut f = run_with(&pipeline, &work.path("data"), &work.path("c.log"), &[], &bad);
+    assert!(!f.wait_timeout(Duration::from_secs(30)).unwrap().success());
+    assert!(f.log().contains("unsupported sampler `sometimes`"), "{}", f.log());
+}
+
+#[test]
+fn a_rejected_event_is_traced_into_the_dead_letter_sink() {
+    let receiver = OtlpReceiver::start();
+    let work = Workdir::new();
+    // Events without `id` cannot be renamed: the remap rejects them.
+    work.write("in.jsonl", &input(10));
+    let pipeline = work.write(
+        "rejecting.toml",
+        r#"
+name = "rejecting"
+
+[source]
+type = "file"
+path = "in.jsonl"
+
+[[transforms]]
+type = "remap"
+ops = [{ rename = { from = "/id", to = "/doc" } }]
+on_error = "reject"
+
+[[sinks]]
+type = "file"
+path = "out.jsonl"
+"#,
+    );
+    let env = otel_env(&receiver.grpc_endpoint(), "grpc", "feedline-dlq", "always_on", "1");
+    let mut f = run(&pipeline, &work.path("data"), &work.path("feedline.log"), &as_refs(&env));
+    assert!(f.wait_timeout(Duration::from_secs(60)).unwrap().success(), "{}", f.log());
+    assert_eq!(lines(&work.path("out.jsonl")).len(), 8);
+    let spans = receiver.spans();
+    let rejected: Vec<_> = event_traces(&spans)
+        .into_values()
+        .filter_map(|t| chain(&t))
+        .filter(|c| c.iter().any(|s| s.name == "dead_letter"))
+        .collect();
+    assert_eq!(rejected.len(), 2, "{}", dump(&spans));
+    for c in rejected {
+        let names: Vec<&str> = c.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["source.file", "transform.remap", "dead_letter"]);
+        assert_eq!(c[1].attr("feedline.outcome").as_deref(), Some("rejected"));
+        assert_eq!(c[1].status.0, 2);
+        assert!(c[1].attr("error.message").is_some());
+        assert_eq!(c[2].attr("feedline.outcome").as_deref(), Some("delivered"));
+    }
+    assert!(batch_spans(&spans).iter().any(|s| s.name == "dead_letter"));
+}

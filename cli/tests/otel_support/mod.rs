@@ -33,7 +33,18 @@ impl Workdir {
 
 /// `feedline run <pipeline> --listen 127.0.0.1:0` with `env` (OTEL_* settings), stderr to `log`.
 pub fn run(pipeline: &Path, data_dir: &Path, log: &Path, env: &[(&str, &str)]) -> Feedline {
-    let args = [
+    run_with(pipeline, data_dir, log, env, &[])
+}
+
+/// [`run`] with extra arguments (e.g. `--telemetry-config FILE`).
+pub fn run_with(
+    pipeline: &Path,
+    data_dir: &Path,
+    log: &Path,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> Feedline {
+    let mut args = vec![
         "run",
         pipeline.to_str().unwrap(),
         "--data-dir",
@@ -43,6 +54,7 @@ pub fn run(pipeline: &Path, data_dir: &Path, log: &Path, env: &[(&str, &str)]) -
         "--drain-timeout",
         "20",
     ];
+    args.extend_from_slice(extra);
     let mut env = env.to_vec();
     if std::env::var("RUST_LOG").is_err() {
         env.push(("RUST_LOG", "info"));
