@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/install-system-deps.sh
 FEEDLINE_TANSU="$(scripts/install-tansu.sh)"
 export FEEDLINE_TANSU
+scripts/build-wasm-examples.sh >/dev/null   # example WASM guests: fixtures of the wasm tests
 FEEDLINE_POUCHDB="$(scripts/install-pouchdb.sh)"; export FEEDLINE_POUCHDB
 FEEDLINE_PYTHON="$(scripts/install-python-tools.sh)"; export FEEDLINE_PYTHON   # azure-cosmos: Cosmos test-server cross-check
 cargo test --workspace --locked "$@"

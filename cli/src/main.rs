@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_tracing;
+mod bench_wasm;
 mod commands;
 mod telemetry;
 
@@ -121,6 +122,19 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// generator → WASM filter / map → blackhole next to the built-in `filter` / `remap` doing the
+    /// same job: events/s, ratios, per-event overhead. Needs scripts/build-wasm-examples.sh.
+    Wasm {
+        /// Events per run.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Runs of each pipeline (interleaved; the best run counts).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Directory of the example modules [default: ${CARGO_TARGET_DIR:-target}/wasm-examples/out].
+        #[arg(long)]
+        modules: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -161,6 +175,7 @@ fn main() -> ExitCode {
         Command::Bench { which } => match which {
             Bench::Engine { events } => bench::run(events),
             Bench::Tracing { events, rounds } => bench_tracing::run(events, rounds, &installed),
+            Bench::Wasm { events, rounds, modules } => bench_wasm::run(events, rounds, modules),
         },
     };
     installed.shutdown();

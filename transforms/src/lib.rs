@@ -9,6 +9,7 @@
 //! - [`extract_activation`]: activation-completion message → activation document to store.
 //! - [`filter`]: keep events matching conditions on fields.
 //! - [`remap`]: set / rename / remove / copy fields by JSON pointer.
+//! - [`wasm`]: a sandboxed WebAssembly module as a filter or a map (guest SDK: `feedline-guest`).
 
 pub mod drop_own_cluster;
 pub mod extract_activation;
@@ -16,6 +17,7 @@ pub mod filter;
 pub mod invalidate_cache;
 pub mod remap;
 pub mod soft_delete;
+pub mod wasm;
 
 use feedline_engine::Registry;
 
@@ -27,4 +29,5 @@ pub fn register(registry: &mut Registry) {
     registry.add_transform::<extract_activation::ExtractActivationConfig>();
     registry.add_transform::<filter::FilterConfig>();
     registry.add_transform::<remap::RemapConfig>();
+    registry.add_transform::<wasm::WasmConfig>();
 }

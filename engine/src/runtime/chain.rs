@@ -61,7 +61,7 @@ pub fn run_chain(
             return Err(TransformPanic { id: stage.id.clone(), message });
         }
         if let Some(traced) = traced {
-            traced.after(&stage.telemetry, &mut out.emitted, &mut out.rejected);
+            traced.after(&stage.telemetry, n, &mut out.emitted, &mut out.rejected);
         }
         let acks = std::mem::take(&mut batch.acks);
         let mut touched = vec![false; n];

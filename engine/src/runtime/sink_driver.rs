@@ -151,11 +151,9 @@ impl SinkDriver {
                         ErrorClass::Retriable => {
                             sink_retry(&mut event_span, attempt + 1, &e.message);
                             last_error = e.message;
+                            retry_traced.keep(retry_events.len(), event_span);
                             retry_events.push(event);
                             retry_acks.push(ack);
-                            if !traced.is_empty() {
-                                retry_traced.keep(event_span);
-                            }
                         }
                         ErrorClass::Reject => {
                             rejected += 1;

@@ -138,7 +138,8 @@ impl SourceSpans {
 
 /// The sampled inputs of one transform over one batch, captured before it runs.
 pub(crate) struct TransformSpans {
-    parents: Vec<Option<SpanContext>>,
+    /// `(input index, its context)`, ascending by index; only sampled inputs.
+    parents: Vec<(usize, SpanContext)>,
     start: SystemTime,
 }
 
@@ -146,12 +147,13 @@ impl TransformSpans {
     /// `None` when tracing is off or no input is sampled.
     pub fn before(stage: &StageTelemetry, events: &[Event]) -> Option<Self> {
         stage.tracer()?;
-        if !events.iter().any(|e| propagation::is_sampled(&e.meta)) {
-            return None;
-        }
-        let parents =
-            events.iter().map(|e| propagation::extract(&e.meta).filter(SpanContext::is_sampled)).collect();
-        Some(Self { parents, start: SystemTime::now() })
+        let parents: Vec<(usize, SpanContext)> = events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| propagation::is_sampled(&e.meta))
+            .filter_map(|(i, e)| Some((i, propagation::extract(&e.meta)?)))
+            .collect();
+        (!parents.is_empty()).then(|| Self { parents, start: SystemTime::now() })
     }
 
     /// One span per sampled input (emitted n / dropped / rejected), and its outputs' and
@@ -159,29 +161,29 @@ impl TransformSpans {
     pub fn after(
         self,
         stage: &StageTelemetry,
+        batch_size: usize,
         emitted: &mut [(usize, Event)],
         rejected: &mut [(usize, Event, String)],
     ) {
         let Some(tracer) = stage.tracer() else { return };
         let info = stage.info();
         let end = SystemTime::now();
-        let n = self.parents.len();
-        let mut outputs = vec![0i64; n];
+        let slot = |i: usize| self.parents.binary_search_by_key(&i, |(j, _)| *j).ok();
+        let mut outputs = vec![0i64; self.parents.len()];
         for (i, _) in emitted.iter() {
-            if let Some(c) = outputs.get_mut(*i) {
-                *c += 1;
+            if let Some(k) = slot(*i) {
+                outputs[k] += 1;
             }
         }
-        let mut children: Vec<Option<SpanContext>> = vec![None; n];
-        for (i, parent) in self.parents.into_iter().enumerate() {
-            let Some(parent) = parent else { continue };
-            let mut attrs = common(info, n, 2);
-            attrs.push(KeyValue::new("feedline.events.out", outputs[i]));
+        let mut children: Vec<SpanContext> = Vec::with_capacity(self.parents.len());
+        for (k, (i, parent)) in self.parents.iter().enumerate() {
+            let mut attrs = common(info, batch_size, 2);
+            attrs.push(KeyValue::new("feedline.events.out", outputs[k]));
             let b = builder(info).with_start_time(self.start).with_attributes(attrs);
-            let span = child(tracer, b, parent);
-            children[i] = Some(span.span_context().clone());
-            let error = rejected.iter().find(|(r, _, _)| *r == i).map(|(_, _, e)| e.as_str());
-            let outcome = match (error, outputs[i]) {
+            let span = child(tracer, b, parent.clone());
+            children.push(span.span_context().clone());
+            let error = rejected.iter().find(|(r, _, _)| r == i).map(|(_, _, e)| e.as_str());
+            let outcome = match (error, outputs[k]) {
                 (Some(_), _) => "rejected",
                 (None, 0) => "dropped",
                 (None, _) => "emitted",
@@ -189,23 +191,24 @@ impl TransformSpans {
             finish(span, outcome, error, Some(end));
         }
         for (i, event) in emitted.iter_mut() {
-            if let Some(Some(cx)) = children.get(*i) {
-                propagation::inject(&mut event.meta, cx);
+            if let Some(k) = slot(*i) {
+                propagation::inject(&mut event.meta, &children[k]);
             }
         }
         for (i, event, _) in rejected.iter_mut() {
-            if let Some(Some(cx)) = children.get(*i) {
-                propagation::inject(&mut event.meta, cx);
+            if let Some(k) = slot(*i) {
+                propagation::inject(&mut event.meta, &children[k]);
             }
         }
     }
 }
 
-/// The per-event spans of one sink delivery (all attempts), aligned with its events. Empty —
-/// and free — when nothing in the batch is sampled.
+/// The per-event spans of one sink delivery (all attempts), by event index. Empty — and free —
+/// when nothing in the batch is sampled.
 #[derive(Default)]
 pub(crate) struct SinkSpans {
-    spans: Vec<Option<Span>>,
+    /// `(event index, span)`, ascending by index.
+    spans: Vec<(usize, Option<Span>)>,
 }
 
 impl SinkSpans {
@@ -213,49 +216,53 @@ impl SinkSpans {
     /// headers (Kafka) hands the context on to the next process.
     pub fn start(stage: &StageTelemetry, events: &mut [Event]) -> Self {
         let Some(tracer) = stage.tracer() else { return Self::default() };
-        if !events.iter().any(|e| propagation::is_sampled(&e.meta)) {
-            return Self::default();
-        }
         let info = stage.info();
         let n = events.len();
-        let spans = events
-            .iter_mut()
-            .map(|event| {
-                let parent = propagation::extract(&event.meta).filter(SpanContext::is_sampled)?;
-                let mut attrs = common(info, n, 2);
-                if info.kafka {
-                    attrs.push(KeyValue::new("messaging.operation.type", "send"));
-                    if let Some(route) = &event.meta.route {
-                        attrs.push(KeyValue::new("messaging.destination.name", route.clone()));
-                    }
+        let mut spans = Vec::new();
+        for (i, event) in events.iter_mut().enumerate() {
+            if !propagation::is_sampled(&event.meta) {
+                continue;
+            }
+            let Some(parent) = propagation::extract(&event.meta) else { continue };
+            let mut attrs = common(info, n, 2);
+            if info.kafka {
+                attrs.push(KeyValue::new("messaging.operation.type", "send"));
+                if let Some(route) = &event.meta.route {
+                    attrs.push(KeyValue::new("messaging.destination.name", route.clone()));
                 }
-                let span = child(tracer, builder(info).with_attributes(attrs), parent);
-                propagation::inject(&mut event.meta, span.span_context());
-                Some(span)
-            })
-            .collect();
+            }
+            let span = child(tracer, builder(info).with_attributes(attrs), parent);
+            propagation::inject(&mut event.meta, span.span_context());
+            spans.push((i, Some(span)));
+        }
         Self { spans }
-    }
-
-    /// True when no event of the delivery is traced.
-    pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
     }
 
     /// The span of event `i`, if it is traced.
     pub fn take(&mut self, i: usize) -> Option<Span> {
-        self.spans.get_mut(i).and_then(Option::take)
+        let k = self.spans.binary_search_by_key(&i, |(j, _)| *j).ok()?;
+        self.spans[k].1.take()
     }
 
-    /// Keep `span` for the next attempt (call once per retried event, in order).
-    pub fn keep(&mut self, span: Option<Span>) {
-        self.spans.push(span);
+    /// Keep `span` as the span of event `i` of the next attempt (ascending `i`).
+    pub fn keep(&mut self, i: usize, span: Option<Span>) {
+        if span.is_some() {
+            self.spans.push((i, span));
+        }
+    }
+
+    /// True when no event of the delivery is traced.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
     }
 
     /// End every remaining span with `outcome`.
     pub fn end_all(&mut self, outcome: &'static str, error: &str) {
-        for span in self.spans.drain(..).flatten() {
-            finish(span, outcome, Some(error), None);
+        for (_, span) in self.spans.drain(..) {
+            if let Some(span) = span {
+                finish(span, outcome, Some(error), None);
+            }
         }
     }
 }

@@ -1,0 +1,185 @@
+//! The running `wasm` transform: one guest call per batch, and isolation of bad records by
+//! retrying in halves when a call fails.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use feedline_engine::{Event, Output, Transform};
+use serde_json::Value;
+
+use super::abi::{decode_filter, decode_map, Change, Encoded, Malformed};
+use super::config::WasmKind;
+use super::guest::{put_idle, timed, Failure, Guest, Limits, PoolKey};
+use super::metrics::WasmMetrics;
+use super::runtime::Prepared;
+
+/// A `wasm` filter or map bound to one guest instance (replaced after any failure).
+pub struct WasmTransform {
+    pub(crate) module: Arc<Prepared>,
+    pub(crate) kind: WasmKind,
+    pub(crate) config: Vec<u8>,
+    pub(crate) limits: Limits,
+    pub(crate) key: PoolKey,
+    pub(crate) guest: Option<Guest>,
+    pub(crate) metrics: WasmMetrics,
+    pub(crate) encoded: Encoded,
+}
+
+impl Drop for WasmTransform {
+    fn drop(&mut self) {
+        if let Some(guest) = self.guest.take() {
+            put_idle(self.key.clone(), guest);
+        }
+    }
+}
+
+type Slots = [Option<Event>];
+
+impl Transform for WasmTransform {
+    fn transform(&mut self, event: Event, out: &mut Output) {
+        let mut one = Output::default();
+        self.transform_batch(vec![event], &mut one);
+        one.emitted().for_each(|e| out.emit(e.clone()));
+        one.rejections().for_each(|(e, reason)| out.reject(e.clone(), reason));
+    }
+
+    fn transform_batch(&mut self, events: Vec<Event>, out: &mut Output) {
+        if events.is_empty() {
+            return;
+        }
+        self.encoded.encode(events.iter());
+        let mut slots: Vec<Option<Event>> = events.into_iter().map(Some).collect();
+        self.process(0..slots.len(), &mut slots, out);
+    }
+}
+
+impl WasmTransform {
+    /// Run `range` through the guest; on failure retry each half, down to single records,
+    /// which are rejected with the reason.
+    fn process(&mut self, range: Range<usize>, slots: &mut Slots, out: &mut Output) {
+        let failure = match self.call(range.clone()) {
+            Ok(answer) => match self.apply(range.clone(), &answer, slots, out) {
+                Ok(()) => return,
+                Err(Malformed(m)) => Failure::Protocol(m),
+            },
+            Err(f) => f,
+        };
+        self.metrics.traps.with_label_values(&[failure.label()]).inc();
+        // After a trap the instance's state is unknown: never reuse it.
+        self.guest = None;
+        let no_record_at_fault = matches!(failure, Failure::Start(_));
+        if range.len() == 1 || no_record_at_fault {
+            tracing::warn!(module = %self.module.name, records = range.len(), error = %failure, "wasm guest failed; dead-lettering");
+            let reason = self.reason(&failure.to_string());
+            for i in range {
+                if let Some(e) = slots[i].take() {
+                    out.reject_from(i, e, reason.clone());
+                }
+            }
+            return;
+        }
+        tracing::debug!(module = %self.module.name, records = range.len(), error = %failure, "wasm guest failed; retrying in halves");
+        let mid = range.start + range.len() / 2;
+        self.process(range.start..mid, slots, out);
+        self.process(mid..range.end, slots, out);
+    }
+
+    fn reason(&self, message: &str) -> String {
+        format!("wasm `{}`: {message}", self.module.name)
+    }
+
+    /// One call into the guest (starting a fresh instance if needed); the raw answer.
+    fn call(&mut self, range: Range<usize>) -> Result<Vec<u8>, Failure> {
+        if self.guest.is_none() {
+            let guest = Guest::start(&self.module, self.kind, self.limits, &self.config)
+                .map_err(|e| Failure::Start(e.to_string()))?;
+            self.metrics.restarts.inc();
+            self.guest = Some(guest);
+        }
+        let Some(guest) = self.guest.as_mut() else { return Err(Failure::Start("no instance".into())) };
+        let (count, body) = self.encoded.request(range.clone());
+        self.metrics.calls.inc();
+        self.metrics.records_in.inc_by(range.len() as u64);
+        let (answer, took) = timed(|| guest.call_parts(&[&count, body]));
+        self.metrics.guest_seconds.inc_by(took.as_secs_f64());
+        answer?.ok_or_else(|| Failure::Protocol("empty answer".into()))
+    }
+
+    /// Check the whole answer first, then emit, reject and drop.
+    fn apply(
+        &mut self,
+        range: Range<usize>,
+        answer: &[u8],
+        slots: &mut Slots,
+        out: &mut Output,
+    ) -> Result<(), Malformed> {
+        let base = range.start;
+        let slots = &mut slots[range];
+        match self.kind {
+            WasmKind::Filter => {
+                let a = decode_filter(answer, slots.len())?;
+                for (i, message) in a.errors {
+                    self.reject(base + i, &mut slots[i], message, out);
+                }
+                for (i, keep) in a.keep.into_iter().enumerate() {
+                    if let Some(e) = slots[i].take().filter(|_| keep) {
+                        out.emit_from(base + i, e);
+                        self.metrics.records_out.inc();
+                    }
+                }
+            }
+            WasmKind::Map => {
+                let a = decode_map(answer, slots.len())?;
+                let mut values = Vec::with_capacity(a.outputs.len());
+                let mut bad: Vec<(usize, String)> = Vec::new();
+                for o in &a.outputs {
+                    let v = o.value.map(serde_json::from_slice::<Value>).transpose().unwrap_or_else(|e| {
+                        bad.push((o.index, format!("guest emitted invalid JSON: {e}")));
+                        None
+                    });
+                    values.push(v);
+                }
+                for (i, message) in
+                    a.errors.iter().map(|(i, m)| (*i, *m)).chain(bad.iter().map(|(i, m)| (*i, m.as_str())))
+                {
+                    self.reject(base + i, &mut slots[i], message, out);
+                }
+                let mut uses = vec![0u32; slots.len()];
+                a.outputs.iter().filter(|o| slots[o.index].is_some()).for_each(|o| uses[o.index] += 1);
+                for (o, value) in a.outputs.into_iter().zip(values) {
+                    let i = o.index;
+                    uses[i] = uses[i].saturating_sub(1);
+                    let input = if uses[i] == 0 { slots[i].take() } else { slots[i].clone() };
+                    let Some(mut e) = input else { continue };
+                    if let Some(op) = o.operation {
+                        e.operation = op;
+                    }
+                    match o.key {
+                        Change::AsInput => {}
+                        Change::Clear => e.key = None,
+                        Change::Set(k) => e.key = Some(Bytes::copy_from_slice(k)),
+                    }
+                    match o.route {
+                        Change::AsInput => {}
+                        Change::Clear => e.meta.route = None,
+                        Change::Set(r) => e.meta.route = Some(r.to_owned()),
+                    }
+                    if let Some(v) = value {
+                        e.value = v;
+                    }
+                    out.emit_from(base + i, e);
+                    self.metrics.records_out.inc();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn reject(&self, index: usize, slot: &mut Option<Event>, message: &str, out: &mut Output) {
+        if let Some(e) = slot.take() {
+            self.metrics.errors.inc();
+            out.reject_from(index, e, self.reason(message));
+        }
+    }
+}
