@@ -145,9 +145,9 @@ fn measure(events: u64, setting: Setting, receiver: &Receiver) -> anyhow::Result
     let mut cmd = Command::new(exe);
     cmd.args(["bench", "tracing", "--events", &events.to_string()])
         .env(CHILD_ENV, "1")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit());
+        // `feedline run`'s default: batch spans are live as log context even with tracing off.
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
     for var in [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -169,7 +169,12 @@ fn measure(events: u64, setting: Setting, receiver: &Receiver) -> anyhow::Result
     }
     let out = cmd.output().context("running a bench child")?;
     if !out.status.success() {
-        bail!("bench child ({}) failed: {}", setting.label, out.status);
+        bail!(
+            "bench child ({}) failed: {}\n{}",
+            setting.label,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |name: &str| -> Option<f64> {
