@@ -128,7 +128,7 @@ where
             producer.poll(Duration::ZERO);
         }
     }
-    producer.flush(Duration::from_secs(60)).unwrap();
+    producer.flush(Duration::from_secs(180)).unwrap();
     let ctx = producer.context();
     assert_eq!(ctx.failed.load(Ordering::Relaxed), 0, "test producer lost records");
     assert_eq!(ctx.ok.load(Ordering::Relaxed), sent);
@@ -258,10 +258,20 @@ pub fn run_feedline(pipeline: &Path, data_dir: &Path, log: &Path, env: &[(&str, 
         "20",
     ];
     let mut env = env.to_vec();
+    env.push(("NO_COLOR", "1")); // plain log lines to search
     if std::env::var("RUST_LOG").is_err() {
         env.push(("RUST_LOG", "info"));
     }
     Feedline::spawn(&feedline_bin(), &args, &env, log)
+}
+
+/// Partitions named in log lines containing `what` (e.g. "kafka partitions assigned"), in order.
+pub fn logged_partitions(log: &str, what: &str) -> Vec<Vec<String>> {
+    log.lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| l.split_once("partitions=").map(|(_, p)| p))
+        .map(|p| p.split(", ").map(|s| s.trim().to_owned()).collect())
+        .collect()
 }
 
 /// The `/metrics` address a `--listen 127.0.0.1:0` process printed.

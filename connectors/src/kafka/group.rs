@@ -231,7 +231,9 @@ impl ConsumerContext for GroupContext {
                 let mut st = self.state.lock();
                 st.assign(tpl, &self.source);
                 st.epoch += 1;
-                tracing::info!(partitions = %describe(tpl), "kafka partitions assigned");
+                if tpl.count() > 0 {
+                    tracing::info!(partitions = %describe(tpl), "kafka partitions assigned");
+                }
             }
             Rebalance::Revoke(tpl) => {
                 let commit = {
@@ -239,7 +241,9 @@ impl ConsumerContext for GroupContext {
                     st.epoch += 1;
                     st.revoke(tpl)
                 };
-                tracing::info!(partitions = %describe(tpl), "kafka partitions revoked");
+                if tpl.count() > 0 {
+                    tracing::info!(partitions = %describe(tpl), "kafka partitions revoked");
+                }
                 if commit.is_empty() {
                     return;
                 }

@@ -1,0 +1,130 @@
+//! Crash test on a real broker (tansu): `feedline` moves 200k records topic → topic and is
+//! SIGKILLed at random points; after restarts every input record is in the output topic at least
+//! once. Duplicates (records in flight at a kill, re-read after restart) are counted and printed.
+//! Set `FEEDLINE_TEST_SEED` to repeat a run's kill points.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod kafka_support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use feedline_testkit::tansu::Tansu;
+use feedline_testkit::wait_until;
+use kafka_support::*;
+
+const RECORDS: u64 = 200_000;
+const KILLS: usize = 5;
+
+fn pipeline(brokers: &str) -> String {
+    format!(
+        r#"name = "kafka-crash"
+
+[source]
+type = "kafka"
+brokers = "{brokers}"
+group_id = "crash"
+topics = ["crash-in"]
+commit_interval_ms = 200
+
+[source.librdkafka]
+"fetch.wait.max.ms" = 10
+"session.timeout.ms" = 6000
+"heartbeat.interval.ms" = 500
+
+[[sinks]]
+type = "kafka"
+brokers = "{brokers}"
+topic = "crash-out"
+"#
+    )
+}
+
+fn seq_of(r: &Record) -> u64 {
+    r.json()["seq"].as_u64().unwrap()
+}
+
+#[test]
+fn sigkill_at_random_points_loses_no_record_on_tansu() {
+    let started = Instant::now();
+    let mut rng = Rng::from_time();
+    let broker = Tansu::start();
+    let brokers = broker.brokers();
+    broker.create_topic("crash-in", 4);
+    broker.create_topic("crash-out", 4);
+    let work = Workdir::new();
+    let file = work.write("crash.toml", &pipeline(&brokers));
+
+    // The input is produced while the pipeline runs and is killed (one record per batch: see
+    // kafka_support::produce_unbatched — restarts resume inside what would be a batch).
+    let producer = std::thread::spawn({
+        let brokers = brokers.clone();
+        move || {
+            let t = Instant::now();
+            produce_unbatched(
+                &brokers,
+                "crash-in",
+                (0..RECORDS).map(|n| {
+                    (Some(format!("k{n}")), Some(format!(r#"{{"seq":{n},"pad":"{:060}"}}"#, n).into_bytes()))
+                }),
+            );
+            t.elapsed()
+        }
+    });
+
+    let mut kills = Vec::new();
+    for round in 0..KILLS {
+        let log = work.path(&format!("run{round}.log"));
+        let mut f = run_feedline(&file, &work.path("data"), &log, &[]);
+        // Kill while it moves records: a random moment after it got its partitions.
+        let assigned = wait_until(Duration::from_secs(60), || f.log().contains("kafka partitions assigned"));
+        assert!(assigned, "round {round}: no assignment; log:\n{}", f.log());
+        let after = Duration::from_millis(rng.range(200, 3000));
+        std::thread::sleep(after);
+        assert!(f.running(), "round {round}: feedline exited early; log:\n{}", f.log());
+        f.signal(9);
+        f.wait_timeout(Duration::from_secs(10)).expect("killed process exits");
+        kills.push(after);
+        eprintln!(
+            "round {round}: SIGKILL {after:?} after assignment ({:?} into the test)",
+            started.elapsed()
+        );
+    }
+    let produce_time = producer.join().unwrap();
+    eprintln!("input produced in {produce_time:?}");
+
+    // The last run finishes the job; then it is stopped gracefully.
+    let mut last = run_feedline(&file, &work.path("data"), &work.path("final.log"), &[]);
+    let out = read_all(&brokers, &["crash-out"], Duration::from_secs(3), Duration::from_secs(180), |r| {
+        let mut seen = vec![false; RECORDS as usize];
+        r.iter().for_each(|r| seen[seq_of(r) as usize] = true);
+        seen.iter().all(|s| *s)
+    });
+    last.signal(15);
+    let status = last.wait_timeout(Duration::from_secs(40));
+
+    let mut counts: HashMap<u64, u32> = HashMap::new();
+    for r in &out {
+        *counts.entry(seq_of(r)).or_default() += 1;
+    }
+    let missing: Vec<u64> = (0..RECORDS).filter(|n| !counts.contains_key(n)).collect();
+    let duplicates = out.len() as u64 - counts.len() as u64;
+    let max_copies = counts.values().max().copied().unwrap_or(0);
+    eprintln!(
+        "crash test: {RECORDS} records, {KILLS} SIGKILLs at {kills:?} after assignment; output {} records, \
+         {} distinct, {} missing, {duplicates} duplicates ({:.2}%, at most {max_copies} copies of one record); {:?}",
+        out.len(),
+        counts.len(),
+        missing.len(),
+        duplicates as f64 * 100.0 / RECORDS as f64,
+        started.elapsed()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} records lost (e.g. {:?}); final log:\n{}",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        last.log()
+    );
+    assert!(status.is_some_and(|s| s.success()), "final run did not stop cleanly; log:\n{}", last.log());
+}
