@@ -1,6 +1,7 @@
 //! The `feedline` command. Errors become exit codes here and nowhere else.
 
 mod bench;
+mod bench_couchdb;
 mod bench_tracing;
 mod bench_wasm;
 mod commands;
@@ -135,6 +136,22 @@ enum Bench {
         #[arg(long)]
         modules: Option<PathBuf>,
     },
+    /// Activations persisted per second (generator → extract_activation → couchdb) next to a
+    /// direct `_bulk_docs` loop on the same server, and a `rate_limit` check.
+    Couchdb {
+        /// Activations per throughput run.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// CouchDB URL (default: start pouchdb-server from FEEDLINE_POUCHDB or the install script's place).
+        #[arg(long)]
+        url: Option<String>,
+        /// `rate_limit` of the rate run, documents/s.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        /// Activations of the rate run.
+        #[arg(long, default_value_t = 5_000)]
+        rate_events: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -176,6 +193,9 @@ fn main() -> ExitCode {
             Bench::Engine { events } => bench::run(events),
             Bench::Tracing { events, rounds } => bench_tracing::run(events, rounds, &installed),
             Bench::Wasm { events, rounds, modules } => bench_wasm::run(events, rounds, modules),
+            Bench::Couchdb { events, url, rate, rate_events } => {
+                bench_couchdb::run(bench_couchdb::Options { events, url, rate, rate_events })
+            }
         },
     };
     installed.shutdown();

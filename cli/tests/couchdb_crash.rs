@@ -30,10 +30,10 @@ fn sigkill_during_a_100k_activation_run_loses_no_activation() {
     {
         let mut input = std::io::BufWriter::new(std::fs::File::create(w.path("completed.jsonl")).unwrap());
         for n in 0..N {
-            let ns = if n % 2 == 0 { "guest" } else { "other" };
-            let message = if n % 3 == 0 { combined_message(ns, n) } else { result_message(ns, n) };
+            let ns = if n.is_multiple_of(2) { "guest" } else { "other" };
+            let message = if n.is_multiple_of(3) { combined_message(ns, n) } else { result_message(ns, n) };
             writeln!(input, "{message}").unwrap();
-            if n % 1000 == 0 {
+            if n.is_multiple_of(1000) {
                 writeln!(input, "{}", shrunk_message(n)).unwrap();
                 writeln!(input, "{}", completion_message(n)).unwrap();
             }
@@ -83,7 +83,7 @@ batch = {{ max_events = 500 }}
     assert_eq!(db.doc_count("activations"), Some(N), "{}", second.log());
     assert!(!data.join("persist/dead-letter.jsonl").exists(), "nothing dead-lettered");
     for n in [0, 1, 2, 29_999, 50_001, N - 1] {
-        let ns = if n % 2 == 0 { "guest" } else { "other" };
+        let ns = if n.is_multiple_of(2) { "guest" } else { "other" };
         let doc = db.get("activations", &format!("{ns}/{}", activation_id(n))).expect("stored");
         assert_eq!(comparable(&doc), expected_document(ns, n));
         assert!(doc["updated"].as_i64().is_some_and(|u| u > 1_600_000_000_000));

@@ -74,3 +74,47 @@ impl SinkConfig for CouchdbSinkConfig {
         Ok(Arc::new(sink::CouchSink::new(client, self.on_conflict, self.create_database)))
     }
 }
+
+/// Posts pre-serialized `_bulk_docs` bodies with the connector's HTTP client and nothing else:
+/// the baseline `feedline bench couchdb` measures the sink against.
+pub struct RawBulkWriter {
+    client: client::Client,
+}
+
+impl RawBulkWriter {
+    /// A writer for `database` at `url` (no I/O).
+    pub fn new(url: &str, database: &str) -> Result<Self, ComponentError> {
+        Ok(Self { client: client::Client::new(url, database, None, Duration::from_secs(60))? })
+    }
+
+    /// Create the database (fine when it exists).
+    pub async fn create_database(&self) -> Result<(), ComponentError> {
+        let url = self.client.db_url(&[]);
+        match self.client.json::<serde_json::Value>(reqwest::Method::PUT, url, "PUT database", None).await {
+            Err(e) if e.status != Some(412) => Err(e.component()),
+            _ => Ok(()),
+        }
+    }
+
+    /// POST one `{"docs": [...]}` body; the number of documents stored.
+    pub async fn post(&self, body: Vec<u8>) -> Result<usize, ComponentError> {
+        let url = self.client.db_url(&["_bulk_docs"]);
+        let rows: Vec<serde_json::Value> = self
+            .client
+            .json(reqwest::Method::POST, url, "POST _bulk_docs", Some(bytes::Bytes::from(body)))
+            .await
+            .map_err(|e| e.component())?;
+        Ok(rows.iter().filter(|r| r.get("ok").is_some()).count())
+    }
+
+    /// The database's `doc_count`.
+    pub async fn doc_count(&self) -> Result<u64, ComponentError> {
+        let url = self.client.db_url(&[]);
+        let info: serde_json::Value = self
+            .client
+            .json(reqwest::Method::GET, url, "GET database", None)
+            .await
+            .map_err(|e| e.component())?;
+        Ok(info.get("doc_count").and_then(serde_json::Value::as_u64).unwrap_or(0))
+    }
+}
