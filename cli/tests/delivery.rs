@@ -49,7 +49,7 @@ path = "{output}"
 }
 
 fn change(n: u64) -> String {
-    let cluster = if n % 10 == 0 { "west" } else { "east" };
+    let cluster = if n.is_multiple_of(10) { "west" } else { "east" };
     format!(
         "{{\"id\":\"guest|action{n}\",\"_clusterId\":\"{cluster}\",\"n\":{n},\"pad\":\"{}\"}}\n",
         "x".repeat(40)
@@ -121,7 +121,7 @@ fn sigkill_at_random_points_loses_nothing() {
     let mut duplicates = 0u64;
     for n in 0..EVENTS {
         let id = format!("guest/action{n}");
-        match (n % 10 == 0, seen.get(&id)) {
+        match (n.is_multiple_of(10), seen.get(&id)) {
             (true, Some(_)) => panic!("{id} came from this cluster and must be dropped"),
             (true, None) => {}
             (false, None) => missing += 1,

@@ -90,9 +90,9 @@ impl Sink for Scripted {
             };
             let result = match self.script {
                 Script::Accept => Ok(()),
-                Script::Flaky if seq % 3 == 0 && attempt <= 2 => Err(ComponentError::retriable("flaky")),
+                Script::Flaky if seq.is_multiple_of(3) && attempt <= 2 => Err(ComponentError::retriable("flaky")),
                 Script::Flaky => Ok(()),
-                Script::RejectSevens if seq % 7 == 0 => Err(ComponentError::reject(format!("seq {seq} is a seven"))),
+                Script::RejectSevens if seq.is_multiple_of(7) => Err(ComponentError::reject(format!("seq {seq} is a seven"))),
                 Script::RejectSevens => Ok(()),
                 Script::Down => Err(ComponentError::retriable("connection refused")),
             };

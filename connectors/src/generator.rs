@@ -57,8 +57,8 @@ pub fn render(shape: Shape, n: u64) -> String {
         Shape::CosmosChange => format!(
             r#"{{"id":"guest|pkg{p}|action{n}","_clusterId":"{c}","_deleted":{d},"ttl":36000,"namespace":"guest","name":"action{n}","entityType":"action","version":"0.0.{v}","_lsn":{n},"_ts":{ts},"_etag":"\"{n:016x}\"","_rid":"AAAAAAAAAAA=","_self":"dbs/x/colls/y/docs/{n}"}}"#,
             p = n % 100,
-            c = if n % 2 == 0 { "west" } else { "east" },
-            d = n % 10 == 0,
+            c = if n.is_multiple_of(2) { "west" } else { "east" },
+            d = n.is_multiple_of(10),
             v = n % 7,
             ts = 1_571_600_000 + n / 1000,
         ),

@@ -1,8 +1,12 @@
 //! Decoding of text lines shared by the `file` and `stdin` sources.
 
+use std::sync::Arc;
+
+use feedline_engine::{AckToken, Batch, Closed, Event, Metadata, SourceContext, Tracker};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 /// How a line becomes an event value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
@@ -40,27 +44,6 @@ pub fn is_blank(line: &[u8]) -> bool {
     line.iter().all(u8::is_ascii_whitespace)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decodes_json_and_reports_garbage_with_raw_text() {
-        assert_eq!(decode(br#"{"a":1}"#, LineDecoding::Json).unwrap(), serde_json::json!({"a": 1}));
-        let (why, raw) = decode(b"{oops", LineDecoding::Json).unwrap_err();
-        assert!(why.starts_with("invalid JSON"), "{why}");
-        assert_eq!(raw, Value::String("{oops".into()));
-        assert_eq!(decode(b"plain", LineDecoding::String).unwrap(), Value::String("plain".into()));
-        assert!(decode(&[0xff, 0xfe], LineDecoding::String).is_err());
-        assert_eq!(trim_newline(b"x\r\n"), b"x");
-        assert!(is_blank(b"  \t"));
-    }
-}
-
-use std::sync::Arc;
-
-use feedline_engine::{AckToken, Batch, Closed, Event, Metadata, SourceContext, Tracker};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 /// Complete lines read in one go.
 pub struct LineChunk {
@@ -136,4 +119,21 @@ pub async fn send_lines(
     ctx.send(batch).await?;
     token.ack();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_json_and_reports_garbage_with_raw_text() {
+        assert_eq!(decode(br#"{"a":1}"#, LineDecoding::Json).unwrap(), serde_json::json!({"a": 1}));
+        let (why, raw) = decode(b"{oops", LineDecoding::Json).unwrap_err();
+        assert!(why.starts_with("invalid JSON"), "{why}");
+        assert_eq!(raw, Value::String("{oops".into()));
+        assert_eq!(decode(b"plain", LineDecoding::String).unwrap(), Value::String("plain".into()));
+        assert!(decode(&[0xff, 0xfe], LineDecoding::String).is_err());
+        assert_eq!(trim_newline(b"x\r\n"), b"x");
+        assert!(is_blank(b"  \t"));
+    }
 }
