@@ -52,6 +52,11 @@ pub struct KafkaSourceConfig {
     /// paused (the consumer keeps its group membership) until it does.
     #[serde(default = "default_pause_after_ms")]
     pub pause_after_ms: u64,
+    /// When partitions are revoked (another replica takes them), wait up to this long (ms) for
+    /// their in-flight events before committing, so the new owner re-reads as little as
+    /// possible. `0` commits what is done at once.
+    #[serde(default = "default_revoke_drain_ms")]
+    pub revoke_drain_ms: u64,
     /// Any librdkafka consumer property (`security.protocol`, `sasl.mechanism`,
     /// `sasl.password`, `ssl.ca.location`, `fetch.wait.max.ms`, ...). Values of keys containing
     /// `password`, `secret`, `key`, `token` or `jaas` are never logged. `enable.auto.commit`,
@@ -63,6 +68,7 @@ pub struct KafkaSourceConfig {
 /// Where a partition without a committed offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "KafkaStart")]
 pub enum Start {
     /// The oldest record still in the partition.
     #[default]
@@ -74,6 +80,7 @@ pub enum Start {
 /// How a record value becomes an event value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "KafkaDecoding")]
 pub enum Decoding {
     /// The value is a JSON document; one that is not is dead-lettered with its
     /// topic/partition/offset.
@@ -93,6 +100,9 @@ fn default_commit_interval_ms() -> u64 {
 }
 fn default_pause_after_ms() -> u64 {
     1000
+}
+fn default_revoke_drain_ms() -> u64 {
+    2000
 }
 
 /// Writes each event as one Kafka record with an idempotent producer (`enable.idempotence`,
@@ -138,6 +148,7 @@ fn default_true() -> bool {
 /// Topic settings for `create_topic`.
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "KafkaCreateTopic")]
 pub struct CreateTopic {
     /// Number of partitions.
     pub partitions: i32,

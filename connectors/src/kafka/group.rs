@@ -5,8 +5,9 @@
 //! share the state through a plain mutex that is never held across an `await` or a poll.
 //!
 //! - **Assign**: a fresh tracker per partition (paused at once while the source is paused).
-//! - **Revoke**: commit each revoked partition's unbroken done run synchronously, then forget the
-//!   partition; its events still in flight are read again by the new owner (at-least-once).
+//! - **Revoke**: wait (at most `revoke_drain_ms`) for the revoked partitions' in-flight events,
+//!   commit their unbroken done run synchronously, then forget them; events still in flight after
+//!   that are read again by the new owner (at-least-once).
 //! - **Commits** (from the source's timer, see `source`): confirmed offsets are recorded; failed
 //!   ones are committed again on the next tick, because the done position is kept until the
 //!   broker confirms it.
@@ -14,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use feedline_engine::metrics::ComponentMetrics;
 use feedline_engine::Tracker;
@@ -199,6 +201,32 @@ pub struct GroupContext {
     pub source: Arc<str>,
     /// Counters and gauges of the source.
     pub metrics: ComponentMetrics,
+    /// How long a revocation may wait for the revoked partitions' in-flight events.
+    pub revoke_drain: Duration,
+}
+
+impl GroupContext {
+    /// Let the revoked partitions' in-flight events finish (bounded) so their commit covers them
+    /// and the new owner re-reads as little as possible. This blocks the polling thread, which is
+    /// what a rebalance callback is for: the group waits for this member anyway.
+    fn drain_revoked(&self, tpl: &TopicPartitionList) {
+        if self.revoke_drain.is_zero() {
+            return;
+        }
+        let trackers: Vec<Tracker<i64>> = {
+            let st = self.state.lock();
+            tpl.elements()
+                .iter()
+                .filter_map(|e| st.part(e.topic(), e.partition()))
+                .map(|p| p.tracker.clone())
+                .collect()
+        };
+        let busy = |t: &Tracker<i64>| t.pending() > 0 && t.abandoned() == 0;
+        let deadline = Instant::now() + self.revoke_drain;
+        while trackers.iter().any(busy) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 impl ClientContext for GroupContext {
@@ -236,6 +264,9 @@ impl ConsumerContext for GroupContext {
                 }
             }
             Rebalance::Revoke(tpl) => {
+                if !consumer.assignment_lost() {
+                    self.drain_revoked(tpl);
+                }
                 let commit = {
                     let mut st = self.state.lock();
                     st.epoch += 1;
@@ -397,6 +428,7 @@ mod tests {
             state: SharedAssignment::default(),
             source: "k".into(),
             metrics: metrics.component("p", "k", "source"),
+            revoke_drain: Duration::ZERO,
         };
         ctx.state.lock().assign(&tpl(&[("t", 0)]), &"k".into());
         ctx.stats_raw(br#"{"topics":{"t":{"partitions":{"0":{"consumer_lag":42},"1":{"consumer_lag":7},"-1":{"consumer_lag":-1}}}}}"#);
