@@ -5,7 +5,9 @@
 //! exactly as `feedline run` sets itself up from `OTEL_*` variables: tracing off, then
 //! parent-based trace-id-ratio sampling at 1% and at 100%, exporting OTLP/HTTP-protobuf to a
 //! receiver in this (parent) process that accepts and counts requests. Settings are interleaved
-//! over the rounds and the best run of each counts, so machine noise hits all of them alike.
+//! over the rounds in a rotating order, so machine noise hits all of them alike. The report gives
+//! the best wall-clock throughput and the median CPU time per event (process CPU, export thread
+//! and final flush included) — the steadier figure on a shared machine.
 
 use std::net::SocketAddr;
 use std::process::{Command, ExitCode, Stdio};
@@ -53,7 +55,20 @@ type = "blackhole"
     )
 }
 
-/// One measurement in a child: printed as `events_per_sec=… exported=… dropped=…`.
+/// CPU time (user + system) this process has used so far, from `/proc/self/stat` (Linux; the
+/// kernel reports it in USER_HZ = 100 ticks per second). `None` elsewhere.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// One measurement in a child, printed as
+/// `events_per_sec=… cpu_us_per_event=… exported=… dropped=…`.
 fn child(events: u64, installed: &Installed) -> anyhow::Result<ExitCode> {
     let dir = std::env::temp_dir().join(format!("feedline-bench-tracing-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -62,6 +77,7 @@ fn child(events: u64, installed: &Installed) -> anyhow::Result<ExitCode> {
     let def = load_file(&file, &registry(), &|_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let options = RuntimeOptions { data_dir: dir.join("data"), drain_timeout: Duration::from_secs(60) };
+    let cpu_before = cpu_seconds();
     let started = Instant::now();
     runtime
         .block_on(run_pipeline_traced(
@@ -74,13 +90,15 @@ fn child(events: u64, installed: &Installed) -> anyhow::Result<ExitCode> {
         ))
         .context("bench pipeline")?;
     let elapsed = started.elapsed();
-    installed.shutdown(); // flush, so the counts below are final
+    installed.shutdown(); // flush: the counts below are final and the export work is counted
+    let cpu = cpu_seconds().zip(cpu_before).map(|(after, before)| after - before).unwrap_or(f64::NAN);
     let _ = std::fs::remove_dir_all(&dir);
     let (exported, dropped) =
         installed.health.as_ref().map(|h| (h.exported(), h.dropped())).unwrap_or((0, 0));
     println!(
-        "events_per_sec={} exported={exported} dropped={dropped}",
-        events as f64 / elapsed.as_secs_f64()
+        "events_per_sec={} cpu_us_per_event={} exported={exported} dropped={dropped}",
+        events as f64 / elapsed.as_secs_f64(),
+        cpu * 1e6 / events as f64
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -136,6 +154,7 @@ struct Setting {
 
 struct Measured {
     rate: f64,
+    cpu_us: f64,
     exported: u64,
     dropped: u64,
 }
@@ -182,6 +201,7 @@ fn measure(events: u64, setting: Setting, receiver: &Receiver) -> anyhow::Result
     };
     Ok(Measured {
         rate: field("events_per_sec").with_context(|| format!("unexpected child output: {text}"))?,
+        cpu_us: field("cpu_us_per_event").unwrap_or(f64::NAN),
         exported: field("exported").unwrap_or(0.0) as u64,
         dropped: field("dropped").unwrap_or(0.0) as u64,
     })
@@ -197,29 +217,59 @@ pub fn run(events: u64, rounds: u32, installed: &Installed) -> anyhow::Result<Ex
         Setting { label: "on, 1% sampled", ratio: Some(0.01) },
         Setting { label: "on, 100% sampled", ratio: Some(1.0) },
     ];
-    let mut best: Vec<Option<Measured>> = settings.iter().map(|_| None).collect();
+    let mut runs: Vec<Vec<Measured>> = settings.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds.max(1) {
-        for (i, s) in settings.iter().enumerate() {
+        // Rotate the order each round so no setting always follows the heavy 100% run.
+        for k in 0..settings.len() {
+            let i = (k + round as usize) % settings.len();
+            let s = &settings[i];
             let m = measure(events, *s, &receiver)?;
-            eprintln!("  round {}: {:<18} {:>10.0} events/s", round + 1, s.label, m.rate);
-            if best[i].as_ref().is_none_or(|b| m.rate > b.rate) {
-                best[i] = Some(m);
-            }
+            eprintln!(
+                "  round {}: {:<18} {:>10.0} events/s {:>7.2} CPU µs/event",
+                round + 1,
+                s.label,
+                m.rate,
+                m.cpu_us
+            );
+            runs[i].push(m);
         }
     }
-    let off = best[0].as_ref().map(|m| m.rate).unwrap_or(f64::NAN);
+    let median = |mut xs: Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let summary: Vec<(f64, f64)> = runs
+        .iter()
+        .map(|r| {
+            let best = r.iter().map(|m| m.rate).fold(f64::NAN, f64::max);
+            (best, median(r.iter().map(|m| m.cpu_us).collect()))
+        })
+        .collect();
+    let (off_best, off_cpu) = summary[0];
     println!(
-        "feedline bench tracing: {events} events, generator → 3 transforms → blackhole, best of {rounds} \
-         interleaved runs, OTLP/HTTP-protobuf to an in-process receiver"
+        "feedline bench tracing: {events} events, generator → 3 transforms → blackhole, {rounds} interleaved \
+         runs per setting, OTLP/HTTP-protobuf to an in-process receiver"
     );
-    for (s, m) in settings.iter().zip(&best) {
-        let Some(m) = m else { continue };
-        let loss = 100.0 * (1.0 - m.rate / off);
+    println!(
+        "  {:<18} {:>12} {:>8} {:>14} {:>8} {:>12} {:>10}",
+        "setting", "best ev/s", "loss", "CPU µs/event", "extra", "spans sent", "dropped"
+    );
+    for ((s, (best, cpu)), r) in settings.iter().zip(&summary).zip(&runs) {
+        let exported = r.iter().map(|m| m.exported).max().unwrap_or(0);
+        let dropped = r.iter().map(|m| m.dropped).max().unwrap_or(0);
         println!(
-            "  {:<18} {:>10.0} events/s   loss vs off {:>5.1}%   spans exported {:>9}   dropped {:>9}",
-            s.label, m.rate, loss, m.exported, m.dropped
+            "  {:<18} {:>12.0} {:>7.1}% {:>14.2} {:>7.1}% {:>12} {:>10}",
+            s.label,
+            best,
+            100.0 * (1.0 - best / off_best),
+            cpu,
+            100.0 * (cpu / off_cpu - 1.0),
+            exported,
+            dropped
         );
     }
+    println!("  loss: best wall-clock throughput against off; extra: median CPU time per event against off");
+    println!("  (process CPU, export thread and final flush included); spans sent/dropped: the largest run");
     println!(
         "  receiver: {} export requests, {:.1} MiB",
         receiver.requests.load(Ordering::Relaxed),

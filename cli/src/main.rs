@@ -114,13 +114,13 @@ enum Bench {
         events: u64,
     },
     /// The engine pipeline with tracing off, then on at 1% and 100% sampling (spans exported
-    /// over OTLP/gRPC to an in-process receiver); events/s and the loss against off.
+    /// over OTLP/HTTP to an in-process receiver); events/s and CPU per event against off.
     Tracing {
         /// Events per run.
         #[arg(long, default_value_t = 500_000)]
         events: u64,
-        /// Runs of each setting (interleaved; the best run counts).
-        #[arg(long, default_value_t = 3)]
+        /// Runs of each setting (interleaved).
+        #[arg(long, default_value_t = 5)]
         rounds: u32,
     },
     /// generator → WASM filter / map → blackhole next to the built-in `filter` / `remap` doing the
