@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_couchdb;
+mod bench_kafka;
 mod bench_tracing;
 mod bench_wasm;
 mod commands;
@@ -136,6 +137,19 @@ enum Bench {
         #[arg(long)]
         modules: Option<PathBuf>,
     },
+    /// Kafka topic → extract_activation → Kafka topic with 1 KB activation records, next to a raw
+    /// librdkafka consume→produce pipe on the same broker in the same run; events/s and the ratio.
+    Kafka {
+        /// Records per run.
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Bootstrap brokers (default: start tansu from FEEDLINE_TANSU or the install script's place).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Runs of each pipe (interleaved; the best run counts).
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
+    },
     /// Activations persisted per second (generator → extract_activation → couchdb) next to a
     /// direct `_bulk_docs` loop on the same server, and a `rate_limit` check.
     Couchdb {
@@ -193,6 +207,7 @@ fn main() -> ExitCode {
             Bench::Engine { events } => bench::run(events),
             Bench::Tracing { events, rounds } => bench_tracing::run(events, rounds, &installed),
             Bench::Wasm { events, rounds, modules } => bench_wasm::run(events, rounds, modules),
+            Bench::Kafka { events, brokers, rounds } => bench_kafka::run(events, brokers, rounds),
             Bench::Couchdb { events, url, rate, rate_events } => {
                 bench_couchdb::run(bench_couchdb::Options { events, url, rate, rate_events })
             }

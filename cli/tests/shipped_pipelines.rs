@@ -122,3 +122,15 @@ fn the_readme_example_pipeline_validates() {
     let (ok, out) = feedline(&["test", file.to_str().unwrap()]);
     assert!(ok && out.contains("1 passed, 0 failed"), "{out}");
 }
+
+#[test]
+fn no_two_components_define_a_schema_type_differently() {
+    let mut registry = feedline_engine::Registry::new();
+    feedline_connectors::register(&mut registry);
+    feedline_transforms::register(&mut registry);
+    let collisions = feedline_engine::config::schema_collisions(&registry);
+    assert!(
+        collisions.is_empty(),
+        "rename these config types (they clash in the JSON Schema): {collisions:?}"
+    );
+}

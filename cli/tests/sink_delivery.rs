@@ -90,9 +90,13 @@ impl Sink for Scripted {
             };
             let result = match self.script {
                 Script::Accept => Ok(()),
-                Script::Flaky if seq.is_multiple_of(3) && attempt <= 2 => Err(ComponentError::retriable("flaky")),
+                Script::Flaky if seq.is_multiple_of(3) && attempt <= 2 => {
+                    Err(ComponentError::retriable("flaky"))
+                }
                 Script::Flaky => Ok(()),
-                Script::RejectSevens if seq.is_multiple_of(7) => Err(ComponentError::reject(format!("seq {seq} is a seven"))),
+                Script::RejectSevens if seq.is_multiple_of(7) => {
+                    Err(ComponentError::reject(format!("seq {seq} is a seven")))
+                }
                 Script::RejectSevens => Ok(()),
                 Script::Down => Err(ComponentError::retriable("connection refused")),
             };
@@ -115,7 +119,8 @@ async fn run(toml: &str) -> (tempfile::TempDir, Metrics) {
     registry.add_sink::<ScriptedConfig>();
     let def = load_file(&file, &registry, &|_| None).unwrap();
     let metrics = Metrics::new();
-    let options = RuntimeOptions { data_dir: dir.path().join("data"), drain_timeout: Duration::from_secs(10) };
+    let options =
+        RuntimeOptions { data_dir: dir.path().join("data"), drain_timeout: Duration::from_secs(10) };
     tokio::time::timeout(
         Duration::from_secs(60),
         run_pipeline(Arc::new(def), options, metrics.clone(), Health::default(), CancellationToken::new()),
@@ -133,7 +138,8 @@ fn sorted(v: &Mutex<Vec<u64>>) -> Vec<u64> {
 }
 
 fn dead_letters(dir: &tempfile::TempDir, pipeline: &str) -> Vec<Value> {
-    feedline_engine::jsonl::read_json_lines(&dir.path().join(format!("data/{pipeline}/dead-letter.jsonl"))).unwrap_or_default()
+    feedline_engine::jsonl::read_json_lines(&dir.path().join(format!("data/{pipeline}/dead-letter.jsonl")))
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +165,9 @@ record = "flaky-b"
     assert_eq!(sorted(&record("flaky-a").delivered), all, "flaky sink got everything once");
     assert_eq!(sorted(&record("flaky-b").delivered), all, "second sink got everything once");
     assert_eq!(record("flaky-a").attempts.lock().unwrap()[&3], 3, "seq 3 needed three attempts");
-    assert!(metrics.render().contains("feedline_sink_retries_total{component=\"scripted\",kind=\"sink\",pipeline=\"flaky\"} 2000"));
+    assert!(metrics.render().contains(
+        "feedline_sink_retries_total{component=\"scripted\",kind=\"sink\",pipeline=\"flaky\"} 2000"
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,7 +185,9 @@ record = "rejects"
     .await;
     let dead = dead_letters(&dir, "rejects");
     assert_eq!(dead.len(), 100);
-    assert!(dead.iter().all(|d| d["stage"] == "sink.scripted" && d["error"].as_str().unwrap().ends_with("is a seven")));
+    assert!(dead
+        .iter()
+        .all(|d| d["stage"] == "sink.scripted" && d["error"].as_str().unwrap().ends_with("is a seven")));
     assert_eq!(record("rejects").delivered.lock().unwrap().len(), 600);
 
     let (dir, _) = run(r#"

@@ -79,8 +79,11 @@ impl SourceConfig for GeneratorConfig {
             return Err(ConfigProblem::field("batch_size", "`batch_size` must be at least 1"));
         }
         if self.rate.is_some_and(|r| r <= 0.0 || !r.is_finite()) {
-            return Err(ConfigProblem::field("rate", "`rate` must be a positive number of events per second")
-                .with_hint("leave it out to generate as fast as possible"));
+            return Err(ConfigProblem::field(
+                "rate",
+                "`rate` must be a positive number of events per second",
+            )
+            .with_hint("leave it out to generate as fast as possible"));
         }
         Ok(())
     }

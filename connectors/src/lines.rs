@@ -44,7 +44,6 @@ pub fn is_blank(line: &[u8]) -> bool {
     line.iter().all(u8::is_ascii_whitespace)
 }
 
-
 /// Complete lines read in one go.
 pub struct LineChunk {
     /// The lines, without newlines.

@@ -59,7 +59,9 @@ impl Source for StdinSource {
             };
             offset += chunk.consumed;
             if !chunk.lines.is_empty()
-                && send_lines(&ctx, &tracker, chunk.lines, offset, self.config.decoding, &stream).await.is_err()
+                && send_lines(&ctx, &tracker, chunk.lines, offset, self.config.decoding, &stream)
+                    .await
+                    .is_err()
             {
                 break;
             }

@@ -82,11 +82,17 @@ impl SourceConfig for FileSourceConfig {
             return Err(ConfigProblem::field("batch_size", "`batch_size` must be at least 1"));
         }
         if self.max_pending_batches == 0 {
-            return Err(ConfigProblem::field("max_pending_batches", "`max_pending_batches` must be at least 1"));
+            return Err(ConfigProblem::field(
+                "max_pending_batches",
+                "`max_pending_batches` must be at least 1",
+            ));
         }
         if self.start_at == StartAt::End && !self.follow {
-            return Err(ConfigProblem::field("start_at", "`start_at = \"end\"` without `follow = true` reads nothing")
-                .with_hint("set `follow = true` to tail the file, or remove `start_at`"));
+            return Err(ConfigProblem::field(
+                "start_at",
+                "`start_at = \"end\"` without `follow = true` reads nothing",
+            )
+            .with_hint("set `follow = true` to tail the file, or remove `start_at`"));
         }
         Ok(())
     }
@@ -105,7 +111,10 @@ const CHECKPOINT_KEY: &str = "position";
 
 impl FileSource {
     fn initial_offset(&self, ctx: &SourceContext, len: u64) -> Result<u64, ComponentError> {
-        let saved = ctx.checkpoints.load(CHECKPOINT_KEY).map_err(|e| ComponentError::fatal(format!("checkpoint: {e}")))?;
+        let saved = ctx
+            .checkpoints
+            .load(CHECKPOINT_KEY)
+            .map_err(|e| ComponentError::fatal(format!("checkpoint: {e}")))?;
         let offset = match saved.as_ref().and_then(|v| v.get("offset")).and_then(|v| v.as_u64()) {
             Some(o) => o,
             None if self.config.start_at == StartAt::End => len,
@@ -122,7 +131,9 @@ impl FileSource {
         if let Some(offset) = tracker.take_committable() {
             let value = json!({ "offset": offset, "path": self.path.display().to_string() });
             let _span = ctx.checkpoint_span("0", &offset).entered();
-            ctx.checkpoints.store(CHECKPOINT_KEY, &value).map_err(|e| ComponentError::retriable(format!("checkpoint: {e}")))?;
+            ctx.checkpoints
+                .store(CHECKPOINT_KEY, &value)
+                .map_err(|e| ComponentError::retriable(format!("checkpoint: {e}")))?;
             ctx.metrics.checkpoint_commits.inc();
             ctx.metrics.set_checkpoint("0", offset as i64);
         }
@@ -140,7 +151,9 @@ impl FileSource {
                         _ = tokio::time::sleep(Duration::from_millis(self.config.poll_interval_ms)) => {}
                     }
                 }
-                Err(e) => return Err(ComponentError::fatal(format!("cannot open {}: {e}", self.path.display()))),
+                Err(e) => {
+                    return Err(ComponentError::fatal(format!("cannot open {}: {e}", self.path.display())))
+                }
             }
         }
     }
@@ -175,7 +188,10 @@ impl Source for FileSource {
                 .map_err(io_err)?;
             if !chunk.lines.is_empty() {
                 offset += chunk.consumed;
-                if send_lines(&ctx, &tracker, chunk.lines, offset, self.config.decoding, &stream).await.is_err() {
+                if send_lines(&ctx, &tracker, chunk.lines, offset, self.config.decoding, &stream)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }

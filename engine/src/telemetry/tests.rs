@@ -252,3 +252,52 @@ fn failed_exports_are_counted_as_dropped() {
     };
     assert!(text.contains("feedline_otel_spans_dropped_total{reason=\"export_failed\"} 42"), "{text}");
 }
+
+/// Per-event cost of the tracing hooks at 1% sampling, without export (`cargo test --release -p
+/// feedline-engine --lib hook_cost -- --ignored --nocapture`). A measurement, not a check.
+#[test]
+#[ignore]
+fn hook_cost_at_one_percent() {
+    let (t, _collect) = telemetry(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.01))));
+    let source = StageTelemetry::new(&t, "p", "gen", "generator", Role::Source);
+    let transform = StageTelemetry::new(&t, "p", "x", "x", Role::Transform);
+    let sink = StageTelemetry::new(&t, "p", "out", "blackhole", Role::Sink);
+    let batch: Vec<Event> = (0..1000).map(|i| event(i, None)).collect();
+    let rounds = 200;
+    let mut best = [f64::MAX; 3];
+    for _ in 0..5 {
+        let mut spent = [Duration::ZERO; 3];
+        for _ in 0..rounds {
+            let mut events = batch.clone();
+            let t0 = std::time::Instant::now();
+            if let Some(s) = SourceSpans::start(&source, &mut events) {
+                s.end("sent");
+            }
+            let t1 = std::time::Instant::now();
+            let traced = super::TransformSpans::before(&transform, &events);
+            let mut emitted: Vec<(usize, Event)> = events.iter().cloned().enumerate().collect();
+            let t2 = std::time::Instant::now();
+            if let Some(tr) = traced {
+                tr.after(&transform, emitted.len(), &mut emitted, &mut []);
+            }
+            let t3 = std::time::Instant::now();
+            let mut out: Vec<Event> = emitted.into_iter().map(|(_, e)| e).collect();
+            let t4 = std::time::Instant::now();
+            let mut spans = SinkSpans::start(&sink, &mut out);
+            for i in 0..out.len() {
+                super::sink_delivered(spans.take(i), 1);
+            }
+            let t5 = std::time::Instant::now();
+            spent[0] += t1 - t0;
+            spent[1] += (t2 - t1) + (t3 - t2);
+            spent[2] += t5 - t4;
+        }
+        for k in 0..3 {
+            best[k] = best[k].min(spent[k].as_nanos() as f64 / (rounds as f64 * 1000.0));
+        }
+    }
+    eprintln!(
+        "ns/event at 1%: source {:.0}, transform {:.0}, sink {:.0} (includes the sampled 1%'s spans)",
+        best[0], best[1], best[2]
+    );
+}

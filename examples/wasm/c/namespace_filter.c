@@ -185,7 +185,7 @@ static i64 refuse(const char *message) {
     return answer((const u8 *)message, n);
 }
 
-EXPORT i64 init(int ptr, int len, int version) {
+static i64 configure(int ptr, int len, int version) {
     Json j = {(const u8 *)ptr, (const u8 *)ptr + len};
     u8 key[32];
     int used = 0;
@@ -234,6 +234,13 @@ EXPORT i64 init(int ptr, int len, int version) {
     return 0;
 }
 
+/* The request buffer belongs to the guest once called: free it after use. */
+EXPORT i64 init(int ptr, int len, int version) {
+    i64 r = configure(ptr, len, version);
+    dealloc(ptr, len);
+    return r;
+}
+
 static int dropped(const u8 *ns, int n) {
     for (int i = 0; i < name_count; i++) {
         const u8 *name = names + name_at[i];
@@ -245,7 +252,7 @@ static int dropped(const u8 *ns, int n) {
 
 /* ---- filter(batch) -> verdicts + errors ---- */
 
-EXPORT i64 filter(int ptr, int len, int version) {
+static i64 run_filter(int ptr, int len, int version) {
     const u8 *in = (const u8 *)ptr, *end = in + len;
     if (version != 1) return -2;
     if (len < 4) return -1;
@@ -290,4 +297,10 @@ EXPORT i64 filter(int ptr, int len, int version) {
     put_u32(out + 4 + count, n_errors);
     u32 total = 8 + count + n_errors * (8 + sizeof bad - 1);
     return ((i64)(u32)out_ptr << 32) | total;
+}
+
+EXPORT i64 filter(int ptr, int len, int version) {
+    i64 r = run_filter(ptr, len, version);
+    dealloc(ptr, len);
+    return r;
 }

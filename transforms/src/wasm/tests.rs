@@ -133,6 +133,22 @@ fn namespace_filter_in_rust_and_in_c_behave_the_same() {
 }
 
 #[test]
+fn guests_free_what_they_are_given_batch_after_batch() {
+    // 500 batches of ~20 KiB under a 4 MiB cap: a guest that leaked its requests would run out.
+    for module in ["namespace_filter.wasm", "namespace_filter_c.wasm"] {
+        let mut cfg = WasmConfig::new(example(module), json!({"namespaces": ["whisk.system"]}));
+        cfg.memory_limit_mib = 4;
+        let mut t = build(&cfg);
+        for _ in 0..500 {
+            let batch =
+                events((0..200).map(|i| json!({"namespace": "guest", "i": i, "pad": "x".repeat(80)})));
+            let (kept, rejected) = run(t.as_mut(), batch);
+            assert_eq!((kept.len(), rejected.len()), (200, 0), "{module}: {rejected:?}");
+        }
+    }
+}
+
+#[test]
 fn guest_init_rejects_bad_config_as_a_config_problem() {
     for module in ["namespace_filter.wasm", "namespace_filter_c.wasm"] {
         for config in [json!({"namespaces": [""]}), json!({}), json!({"namespaces": ["a"], "typo": 1})] {
