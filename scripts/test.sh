@@ -10,4 +10,4 @@ export FEEDLINE_TANSU
 scripts/build-wasm-examples.sh >/dev/null   # example WASM guests: fixtures of the wasm tests
 FEEDLINE_POUCHDB="$(scripts/install-pouchdb.sh)"; export FEEDLINE_POUCHDB
 FEEDLINE_PYTHON="$(scripts/install-python-tools.sh)"; export FEEDLINE_PYTHON   # azure-cosmos: Cosmos test-server cross-check
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --no-fail-fast "$@"
