@@ -1,6 +1,7 @@
 //! The sink driver's promises, in-process with scripted sinks: retriable failures are retried
 //! until they succeed, permanent ones and exhausted retries reach the dead-letter sink, fan-out
-//! delivers to every sink, `max_in_flight` bounds concurrency and `rate_limit` holds the rate.
+//! delivers to every sink, `max_in_flight` bounds concurrency, `rate_limit` holds the rate, and
+//! partial batches linger only while every write slot is busy.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -259,4 +260,50 @@ rate_limit = 500.0
     assert!(rate <= 525.0, "rate {rate} exceeds the cap");
     assert!(rate >= 250.0, "rate {rate}: the limiter stalls");
     assert!(times.iter().all(|(_, n)| *n <= 50), "batches shrink to ~100 ms of events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_linger_only_while_every_write_slot_is_busy() {
+    // An idle sink writes each event as it comes, however long `timeout_ms` is.
+    run(r#"
+name = "idle"
+[source]
+type = "generator"
+count = 3
+batch_size = 1
+rate = 10.0
+[[sinks]]
+type = "scripted"
+script = "accept"
+record = "idle"
+batch = { max_events = 1000, timeout_ms = 60000 }
+"#)
+    .await;
+    let sizes: Vec<usize> = record("idle").write_times.lock().unwrap().iter().map(|(_, n)| *n).collect();
+    assert_eq!(sizes, [1, 1, 1], "each event written at once by an idle sink");
+
+    // A busy sink still gets batches that grew while its one slot was taken (2000 events come
+    // in batches of 10).
+    run(r#"
+name = "busy"
+[source]
+type = "generator"
+count = 2000
+batch_size = 10
+[[sinks]]
+type = "scripted"
+script = "accept"
+record = "busy"
+write_ms = 20
+max_in_flight = 1
+batch = { max_events = 1000, timeout_ms = 60000 }
+"#)
+    .await;
+    let r = record("busy");
+    let sizes: Vec<usize> = r.write_times.lock().unwrap().iter().map(|(_, n)| *n).collect();
+    assert!(
+        sizes.len() < 100 && sizes.iter().all(|n| *n >= 10),
+        "batches grew while the slot was busy: {sizes:?}"
+    );
+    assert_eq!(r.delivered.lock().unwrap().len(), 2000);
 }

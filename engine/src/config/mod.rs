@@ -99,7 +99,9 @@ impl Default for SinkOptions {
 pub struct BatchOptions {
     /// Most events in one write.
     pub max_events: usize,
-    /// Longest a partial batch waits for more events, in milliseconds.
+    /// Longest a partial batch waits for more events while every write slot (`max_in_flight`)
+    /// is busy, in milliseconds. With a slot free it is written at once, so an idle sink adds
+    /// no latency and batches grow only when the sink is the bottleneck.
     pub timeout_ms: u64,
 }
 

@@ -76,15 +76,24 @@ impl SinkDriver {
         let mut pending = Batch::with_capacity(max);
         let mut open = true;
         while open || !pending.is_empty() {
-            // Fill up to `max`, waiting at most `linger` once something is pending.
+            // Fill up to `max`. Once something is pending, take what is already queued; then
+            // write at once if a write slot is free (an idle sink adds no latency), else wait
+            // for more input until `linger` passes or a slot frees up — so batches grow exactly
+            // when the sink is the bottleneck.
             let deadline = tokio::time::Instant::now() + linger;
             while open && pending.len() < max {
                 let next = if pending.is_empty() {
                     rx.recv().await
                 } else {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(b) => b,
-                        Err(_) => break,
+                    match rx.try_recv() {
+                        Ok(b) => Some(b),
+                        Err(mpsc::error::TryRecvError::Disconnected) => None,
+                        Err(mpsc::error::TryRecvError::Empty) if permits.available_permits() > 0 => break,
+                        Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+                            b = rx.recv() => b,
+                            _ = tokio::time::sleep_until(deadline) => break,
+                            _ = permits.acquire() => break,
+                        },
                     }
                 };
                 match next {
