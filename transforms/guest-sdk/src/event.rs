@@ -55,6 +55,9 @@ pub struct Event<'a> {
     raw: Option<&'a str>,
     value: OnceCell<Value>,
     value_changed: bool,
+    /// Field changes not yet applied to a full value: sent as patches when the value itself is
+    /// not sent, so neither side re-parses the whole value.
+    patches: Vec<Patch>,
     key: Option<Cow<'a, [u8]>>,
     key_changed: bool,
     stream: Option<&'a str>,
@@ -78,6 +81,7 @@ impl<'a> Event<'a> {
             raw: Some(raw),
             value: OnceCell::new(),
             value_changed: false,
+            patches: Vec::new(),
             key: key.map(Cow::Borrowed),
             key_changed: false,
             stream,
@@ -98,6 +102,7 @@ impl<'a> Event<'a> {
             raw: None,
             value: cell,
             value_changed: true,
+            patches: Vec::new(),
             key: None,
             key_changed: true,
             stream: None,
@@ -137,7 +142,7 @@ impl<'a> Event<'a> {
     /// input (`&'a str`, `Cow<'a, str>`).
     pub fn parse<T: Deserialize<'a>>(&self) -> Result<T> {
         match self.raw {
-            Some(raw) if !self.value_changed => Ok(serde_json::from_str(raw)?),
+            Some(raw) if !self.value_changed && self.patches.is_empty() => Ok(serde_json::from_str(raw)?),
             _ => Ok(T::deserialize(self.value()?.clone()).map_err(|e| Error::new(e.to_string()))?),
         }
     }
@@ -146,7 +151,7 @@ impl<'a> Event<'a> {
     /// read without building the whole value: the cheapest way for a filter to look at one field.
     pub fn field_str(&self, name: &str) -> Result<Option<Cow<'a, str>>> {
         match self.raw {
-            Some(raw) if !self.value_changed => {
+            Some(raw) if !self.value_changed && self.patches.is_empty() => {
                 let mut de = serde_json::Deserializer::from_str(raw);
                 let found = FieldStr { name }.deserialize(&mut de)?;
                 de.end()?;
@@ -161,7 +166,10 @@ impl<'a> Event<'a> {
         if let Some(v) = self.value.get() {
             return Ok(v);
         }
-        let parsed: Value = serde_json::from_str(self.raw.unwrap_or("null"))?;
+        let mut parsed: Value = serde_json::from_str(self.raw.unwrap_or("null"))?;
+        for patch in &self.patches {
+            patch.apply(&mut parsed);
+        }
         Ok(self.value.get_or_init(|| parsed))
     }
 
@@ -177,6 +185,31 @@ impl<'a> Event<'a> {
         self.value = OnceCell::new();
         let _ = self.value.set(value);
         self.value_changed = true;
+        self.patches.clear();
+    }
+
+    /// Set the field at JSON pointer `pointer` (`/a/b`; `""` is the whole value), creating it
+    /// in its object when missing (a missing parent makes the record fail on the host). Unless
+    /// the whole value was changed, only this change crosses back: neither side parses the
+    /// value, the cheapest way for a map to rewrite a field.
+    pub fn set_field(&mut self, pointer: &str, value: Value) -> Result<()> {
+        self.patch(Patch::new(PatchOp::Set, pointer, &value)?)
+    }
+
+    /// Like [`Event::set_field`], but only when the field is there (redaction): a missing
+    /// field is left missing.
+    pub fn replace_field(&mut self, pointer: &str, value: Value) -> Result<()> {
+        self.patch(Patch::new(PatchOp::Replace, pointer, &value)?)
+    }
+
+    fn patch(&mut self, patch: Patch) -> Result<()> {
+        if let Some(v) = self.value.get_mut() {
+            patch.apply(v);
+        }
+        if !self.value_changed {
+            self.patches.push(patch);
+        }
+        Ok(())
     }
     /// Set or clear the key.
     pub fn set_key(&mut self, key: Option<Vec<u8>>) {
@@ -208,11 +241,74 @@ impl<'a> Event<'a> {
     pub(crate) fn changed_route(&self) -> Option<Option<&str>> {
         self.route_changed.then(|| self.route())
     }
+    pub(crate) fn patches(&self) -> &[Patch] {
+        if self.value_changed {
+            &[]
+        } else {
+            &self.patches
+        }
+    }
     pub(crate) fn changed_value(&self) -> Option<&Value> {
         if self.value_changed {
             self.value.get()
         } else {
             None
+        }
+    }
+}
+
+/// How a patch treats a missing field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PatchOp {
+    /// Create or replace.
+    Set = 0,
+    /// Replace only when present.
+    Replace = 1,
+}
+
+/// One field change: the op, a JSON pointer and the new value as JSON text.
+#[derive(Debug, Clone)]
+pub(crate) struct Patch {
+    pub(crate) op: PatchOp,
+    pub(crate) pointer: String,
+    pub(crate) json: String,
+    value: Value,
+}
+
+impl Patch {
+    fn new(op: PatchOp, pointer: &str, value: &Value) -> Result<Self> {
+        if !(pointer.is_empty() || pointer.starts_with('/')) {
+            return Err(Error::new(format!("`{pointer}` is not a JSON pointer (write `/{pointer}`)")));
+        }
+        Ok(Self {
+            op,
+            pointer: pointer.to_owned(),
+            json: serde_json::to_string(value)?,
+            value: value.clone(),
+        })
+    }
+
+    /// Apply to a parsed value, as the host does (a missing parent is left alone here; the
+    /// host reports it).
+    fn apply(&self, target: &mut Value) {
+        if self.pointer.is_empty() {
+            *target = self.value.clone();
+            return;
+        }
+        let (parent, last) = self.pointer.rsplit_once('/').unwrap_or(("", ""));
+        let last = last.replace("~1", "/").replace("~0", "~");
+        match target.pointer_mut(parent) {
+            Some(Value::Object(map)) => {
+                if self.op == PatchOp::Set || map.contains_key(&last) {
+                    map.insert(last, self.value.clone());
+                }
+            }
+            Some(Value::Array(items)) => {
+                if let Some(slot) = last.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                    *slot = self.value.clone();
+                }
+            }
+            _ => {}
         }
     }
 }

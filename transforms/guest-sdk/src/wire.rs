@@ -27,6 +27,7 @@ pub(crate) mod out {
     pub const KEY_SHIFT: u8 = 2;
     pub const ROUTE_SHIFT: u8 = 4;
     pub const VALUE_SET: u8 = 1 << 6;
+    pub const PATCHES: u8 = 1 << 7;
 }
 
 /// The envelope was not what ABI v1 describes (a host/guest mismatch, never a data problem).
@@ -167,6 +168,14 @@ impl MapWriter {
             }
             let len = (self.buf.len() - len_at - 4) as u32;
             self.buf[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+        } else if !event.patches().is_empty() {
+            flags |= out::PATCHES;
+            put_u32(&mut self.buf, event.patches().len());
+            for patch in event.patches() {
+                self.buf.push(patch.op as u8);
+                put_bytes(&mut self.buf, patch.pointer.as_bytes());
+                put_bytes(&mut self.buf, patch.json.as_bytes());
+            }
         }
         self.buf[flags_at] = flags;
         self.count += 1;

@@ -28,7 +28,7 @@ mod out {
     pub const NONE: u8 = 1;
     pub const SET: u8 = 2;
     pub const VALUE_SET: u8 = 1 << 6;
-    pub const KNOWN: u8 = 0x7f;
+    pub const PATCHES: u8 = 1 << 7;
 }
 
 /// A batch encoded once, sliceable by record range.
@@ -200,6 +200,19 @@ pub struct MapOutput<'a> {
     pub route: Change<&'a str>,
     /// New JSON value text, if changed.
     pub value: Option<&'a [u8]>,
+    /// Field changes to apply to the input's value (never together with `value`).
+    pub patches: Vec<Patch<'a>>,
+}
+
+/// One field change of a map output.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Patch<'a> {
+    /// Create the field when missing (`true`), or only replace it when present.
+    pub create: bool,
+    /// RFC 6901 JSON pointer; `""` is the whole value.
+    pub pointer: &'a str,
+    /// The new value as JSON text.
+    pub json: &'a [u8],
 }
 
 /// A map's answer: outputs in emission order and per-record errors.
@@ -232,8 +245,8 @@ pub fn decode_map(bytes: &[u8], count: usize) -> Result<MapAnswer<'_>, Malformed
     for _ in 0..n {
         let index = r.index(count)?;
         let flags = r.u8()?;
-        if flags & !out::KNOWN != 0 {
-            return Err(bad(format!("unknown output flags {flags:#04x}")));
+        if flags & out::VALUE_SET != 0 && flags & out::PATCHES != 0 {
+            return Err(bad("an output both sets the value and patches it"));
         }
         let operation = match flags & 0b11 {
             0 => None,
@@ -244,7 +257,20 @@ pub fn decode_map(bytes: &[u8], count: usize) -> Result<MapAnswer<'_>, Malformed
         let key = change((flags >> 2) & 0b11, &mut r, Reader::bytes)?;
         let route = change((flags >> 4) & 0b11, &mut r, Reader::text)?;
         let value = if flags & out::VALUE_SET != 0 { Some(r.bytes()?) } else { None };
-        outputs.push(MapOutput { index, operation, key, route, value });
+        let mut patches = Vec::new();
+        if flags & out::PATCHES != 0 {
+            let n = r.u32()? as usize;
+            patches.reserve(n.min(bytes.len() / 9));
+            for _ in 0..n {
+                let create = match r.u8()? {
+                    0 => true,
+                    1 => false,
+                    op => return Err(bad(format!("patch op {op}"))),
+                };
+                patches.push(Patch { create, pointer: r.text()?, json: r.bytes()? });
+            }
+        }
+        outputs.push(MapOutput { index, operation, key, route, value, patches });
     }
     Ok(MapAnswer { outputs, errors: r.errors(count)? })
 }
@@ -302,7 +328,8 @@ mod tests {
                 operation: None,
                 key: Change::AsInput,
                 route: Change::AsInput,
-                value: None
+                value: None,
+                patches: Vec::new(),
             }
         );
         assert_eq!(
@@ -313,9 +340,32 @@ mod tests {
                 key: Change::Clear,
                 route: Change::Set("t"),
                 value: Some(b"{}"),
+                patches: Vec::new(),
             }
         );
         assert!(decode_map(&b, 0).is_err(), "index outside the batch");
         assert!(decode_map(&b[..b.len() - 1], 1).is_err(), "truncated");
+    }
+
+    #[test]
+    fn map_answers_decode_patches() {
+        let mut b = vec![1, 0, 0, 0, 0, 0, 0, 0, out::PATCHES, 2, 0, 0, 0];
+        b.extend_from_slice(&[0, 2, 0, 0, 0, b'/', b'a', 1, 0, 0, 0, b'1']);
+        b.extend_from_slice(&[1, 2, 0, 0, 0, b'/', b'b', 2, 0, 0, 0, b'"', b'"']);
+        b.extend_from_slice(&[0, 0, 0, 0]);
+        let a = decode_map(&b, 1).expect("valid");
+        assert_eq!(
+            a.outputs[0].patches,
+            vec![
+                Patch { create: true, pointer: "/a", json: b"1" },
+                Patch { create: false, pointer: "/b", json: b"\"\"" },
+            ]
+        );
+        let mut both = b.clone();
+        both[8] |= out::VALUE_SET;
+        assert!(decode_map(&both, 1).is_err(), "value and patches together");
+        let mut op = b.clone();
+        op[13] = 7;
+        assert!(decode_map(&op, 1).is_err(), "unknown patch op");
     }
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use feedline_engine::{Event, Output, Transform};
 use serde_json::Value;
 
-use super::abi::{decode_filter, decode_map, Change, Encoded, Malformed};
+use super::abi::{decode_filter, decode_map, Change, Encoded, Malformed, Patch};
 use super::config::WasmKind;
 use super::guest::{put_idle, timed, Failure, Guest, Limits, PoolKey};
 use super::metrics::WasmMetrics;
@@ -138,7 +138,22 @@ impl WasmTransform {
                         bad.push((o.index, format!("guest emitted invalid JSON: {e}")));
                         None
                     });
-                    values.push(v);
+                    let patches: Result<Vec<(&Patch, Value)>, String> = o
+                        .patches
+                        .iter()
+                        .map(|p| {
+                            serde_json::from_slice(p.json)
+                                .map(|v| (p, v))
+                                .map_err(|e| format!("guest emitted invalid JSON at `{}`: {e}", p.pointer))
+                        })
+                        .collect();
+                    values.push((
+                        v,
+                        patches.unwrap_or_else(|e| {
+                            bad.push((o.index, e));
+                            Vec::new()
+                        }),
+                    ));
                 }
                 for (i, message) in
                     a.errors.iter().map(|(i, m)| (*i, *m)).chain(bad.iter().map(|(i, m)| (*i, m.as_str())))
@@ -147,7 +162,7 @@ impl WasmTransform {
                 }
                 let mut uses = vec![0u32; slots.len()];
                 a.outputs.iter().filter(|o| slots[o.index].is_some()).for_each(|o| uses[o.index] += 1);
-                for (o, value) in a.outputs.into_iter().zip(values) {
+                for (o, (value, patches)) in a.outputs.iter().zip(values) {
                     let i = o.index;
                     uses[i] = uses[i].saturating_sub(1);
                     let input = if uses[i] == 0 { slots[i].take() } else { slots[i].clone() };
@@ -168,6 +183,13 @@ impl WasmTransform {
                     if let Some(v) = value {
                         e.value = v;
                     }
+                    if let Some(message) =
+                        patches.into_iter().find_map(|(p, v)| apply_patch(&mut e.value, p, v).err())
+                    {
+                        self.metrics.errors.inc();
+                        out.reject_from(base + i, e, self.reason(&message));
+                        continue;
+                    }
                     out.emit_from(base + i, e);
                     self.metrics.records_out.inc();
                 }
@@ -181,5 +203,62 @@ impl WasmTransform {
             self.metrics.errors.inc();
             out.reject_from(index, e, self.reason(message));
         }
+    }
+}
+
+/// Apply one field change of a map output (RFC 6901 pointer; `""` replaces the whole value).
+fn apply_patch(target: &mut Value, patch: &Patch, value: Value) -> Result<(), String> {
+    let Some((parent, last)) = patch.pointer.rsplit_once('/') else {
+        if patch.pointer.is_empty() {
+            *target = value;
+            return Ok(());
+        }
+        return Err(format!("`{}` is not a JSON pointer", patch.pointer));
+    };
+    let last = last.replace("~1", "/").replace("~0", "~");
+    match target.pointer_mut(parent) {
+        Some(Value::Object(map)) => {
+            if patch.create || map.contains_key(&last) {
+                map.insert(last, value);
+            }
+            Ok(())
+        }
+        Some(Value::Array(items)) => match last.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+            Some(slot) => {
+                *slot = value;
+                Ok(())
+            }
+            None if patch.create => Err(format!("no array element at `{}`", patch.pointer)),
+            None => Ok(()),
+        },
+        _ if patch.create => Err(format!("cannot set `{}`: no object or array at `{parent}`", patch.pointer)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn patch<'a>(create: bool, pointer: &'a str) -> Patch<'a> {
+        Patch { create, pointer, json: b"null" }
+    }
+
+    #[test]
+    fn patches_set_replace_and_refuse_missing_parents() {
+        let mut v = json!({"a": {"b": 1}, "list": [1, 2], "k/x": 0});
+        apply_patch(&mut v, &patch(true, "/a/c"), json!(2)).unwrap();
+        apply_patch(&mut v, &patch(false, "/a/missing"), json!(3)).unwrap();
+        apply_patch(&mut v, &patch(false, "/a/b"), json!("x")).unwrap();
+        apply_patch(&mut v, &patch(true, "/list/1"), json!(9)).unwrap();
+        apply_patch(&mut v, &patch(true, "/k~1x"), json!(1)).unwrap();
+        assert_eq!(v, json!({"a": {"b": "x", "c": 2}, "list": [1, 9], "k/x": 1}));
+        assert!(apply_patch(&mut v, &patch(true, "/nope/x"), json!(1)).is_err());
+        assert!(apply_patch(&mut v, &patch(true, "/list/5"), json!(1)).is_err());
+        assert!(apply_patch(&mut v, &patch(true, "nope"), json!(1)).is_err());
+        apply_patch(&mut v, &patch(false, "/nope/x"), json!(1)).unwrap();
+        apply_patch(&mut v, &patch(true, ""), json!([])).unwrap();
+        assert_eq!(v, json!([]));
     }
 }

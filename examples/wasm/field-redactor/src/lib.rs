@@ -7,8 +7,8 @@
 //! config = { fields = ["password", "/auth/token"], replacement = "[redacted]" }
 //! ```
 //!
-//! Fields are top-level names or JSON pointers. Events with none of the fields pass unchanged
-//! (and cheaply: their value does not cross back to the host).
+//! Fields are top-level names or JSON pointers. Only the replacements cross back to the host
+//! (`Event::replace_field`); events with none of the fields pass unchanged.
 
 use feedline_guest::{export_map, Emit, Error, Event, Map, Result, Value};
 use serde::Deserialize;
@@ -55,17 +55,9 @@ impl Map for Redact {
     }
 
     fn map(&mut self, mut event: Event, out: &mut Emit) -> Result<()> {
-        let present = {
-            let value = event.value()?;
-            self.pointers.iter().any(|p| value.pointer(p).is_some())
-        };
-        if present {
-            let value = event.value_mut()?;
-            for p in &self.pointers {
-                if let Some(field) = value.pointer_mut(p) {
-                    *field = self.replacement.clone();
-                }
-            }
+        // Field patches: the guest never parses the value, the host replaces what is present.
+        for p in &self.pointers {
+            event.replace_field(p, self.replacement.clone())?;
         }
         out.emit(event);
         Ok(())
