@@ -298,10 +298,8 @@ impl Patch {
         let (parent, last) = self.pointer.rsplit_once('/').unwrap_or(("", ""));
         let last = last.replace("~1", "/").replace("~0", "~");
         match target.pointer_mut(parent) {
-            Some(Value::Object(map)) => {
-                if self.op == PatchOp::Set || map.contains_key(&last) {
-                    map.insert(last, self.value.clone());
-                }
+            Some(Value::Object(map)) if self.op == PatchOp::Set || map.contains_key(&last) => {
+                map.insert(last, self.value.clone());
             }
             Some(Value::Array(items)) => {
                 if let Some(slot) = last.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
