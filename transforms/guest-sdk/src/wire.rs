@@ -267,6 +267,31 @@ mod tests {
     }
 
     #[test]
+    fn field_changes_cross_as_patches_until_the_value_is_replaced() {
+        let b = envelope(&[(0, None, None, None, r#"{"a":1,"b":{"c":2}}"#)]);
+        let mut events = decode_batch(&b).expect("decodes");
+        events[0].set_field("/n", json!(3)).expect("pointer");
+        events[0].replace_field("/b/missing", json!(0)).expect("pointer");
+        assert!(events[0].set_field("n", json!(3)).is_err(), "not a pointer");
+        assert_eq!(events[0].value().expect("json"), &json!({"a": 1, "b": {"c": 2}, "n": 3}));
+        let mut w = MapWriter::new(1);
+        w.push(0, &events[0]).expect("patched");
+        let out = w.finish(&[]);
+        let mut r = Reader { bytes: &out, at: 0 };
+        assert_eq!((r.u32(), r.u32(), r.u8()), (Ok(1), Ok(0), Ok(out::PATCHES)));
+        assert_eq!((r.u32(), r.u8(), r.text(), r.text()), (Ok(2), Ok(0), Ok("/n"), Ok("3")));
+        assert_eq!((r.u8(), r.text(), r.text()), (Ok(1), Ok("/b/missing"), Ok("0")));
+        // Once the whole value changed, it is sent instead, patches included.
+        events[0].value_mut().expect("json")["a"] = json!(9);
+        let mut w = MapWriter::new(1);
+        w.push(0, &events[0]).expect("changed");
+        let out = w.finish(&[]);
+        let mut r = Reader { bytes: &out, at: 0 };
+        assert_eq!((r.u32(), r.u32(), r.u8()), (Ok(1), Ok(0), Ok(out::VALUE_SET)));
+        assert_eq!(r.text(), Ok(r#"{"a":9,"b":{"c":2},"n":3}"#));
+    }
+
+    #[test]
     fn filter_output_layout() {
         let out = encode_filter(&[true, false], &[]);
         assert_eq!(out, vec![2, 0, 0, 0, 1, 0, 0, 0, 0, 0]);
