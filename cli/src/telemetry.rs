@@ -289,6 +289,17 @@ fn resolve(
     }))
 }
 
+/// The chance that a span without a parent is sampled, decided by its trace id alone (all the
+/// samplers `build_sampler` accepts).
+fn root_ratio(name: &str, arg: Option<f64>) -> Option<f64> {
+    match name.strip_prefix("parentbased_").unwrap_or(name) {
+        "always_on" => Some(1.0),
+        "always_off" => Some(0.0),
+        "traceidratio" => Some(arg.unwrap_or(1.0)),
+        _ => None,
+    }
+}
+
 /// The sampler named as in `OTEL_TRACES_SAMPLER`.
 fn build_sampler(name: &str, arg: Option<f64>) -> anyhow::Result<Sampler> {
     let ratio = || -> anyhow::Result<f64> {
@@ -363,6 +374,7 @@ pub fn provider(config: &TelemetryConfig, health: ExportHealth) -> anyhow::Resul
     Ok(SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_sampler(build_sampler(&config.sampler, config.sampler_arg)?)
+        .with_id_generator(feedline_engine::telemetry::PresampledIds)
         .with_resource(resource)
         .build())
 }
@@ -384,7 +396,10 @@ pub fn init(format: LogFormat, config_file: Option<&Path>, exporting: bool) -> a
             let provider = provider(config, health.clone())?;
             let tracer = provider.tracer("feedline");
             installed = Installed {
-                telemetry: Telemetry::new(tracer.clone()),
+                telemetry: match root_ratio(&config.sampler, config.sampler_arg) {
+                    Some(r) => Telemetry::new(tracer.clone()).with_root_ratio(r),
+                    None => Telemetry::new(tracer.clone()),
+                },
                 health: Some(health),
                 provider: Some(provider),
             };

@@ -6,7 +6,9 @@
 
 use std::time::SystemTime;
 
-use opentelemetry::trace::{Span as _, SpanBuilder, SpanContext, Status, TraceContextExt, Tracer as _};
+use opentelemetry::trace::{
+    Span as _, SpanBuilder, SpanContext, Status, TraceContextExt, TraceId, Tracer as _,
+};
 use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_sdk::trace::{SdkTracer, Span};
 
@@ -30,6 +32,30 @@ fn common(info: &StageInfo, batch_size: usize, extra: usize) -> Vec<KeyValue> {
 
 fn builder(info: &StageInfo) -> SpanBuilder {
     SpanBuilder::from_name(info.name).with_kind(info.kind.clone())
+}
+
+/// A random, valid (non-zero) trace id.
+pub(super) fn random_trace_id() -> TraceId {
+    loop {
+        let id: u128 = rand::random();
+        if id != 0 {
+            return TraceId::from(id);
+        }
+    }
+}
+
+/// OpenTelemetry's trace-id-ratio test (the SDK's `TraceIdRatioBased`): the low 63 bits of the
+/// id's last 8 bytes against `ratio` × 2^63.
+fn ratio_samples(ratio: f64, trace_id: TraceId) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
+    let bytes = trace_id.to_bytes();
+    let low = u64::from_be_bytes([
+        bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15],
+    ]);
+    (low >> 1) < bound
 }
 
 fn child(tracer: &SdkTracer, builder: SpanBuilder, parent: SpanContext) -> Span {
@@ -114,9 +140,21 @@ impl SourceSpans {
             let parent = propagation::extract(&event.meta);
             let cx = match parent {
                 Some(p) => Context::new().with_remote_span_context(p),
-                None => Context::new(),
+                None => {
+                    if let Some(ratio) = stage.root_ratio() {
+                        // Decide as the SDK's ratio sampler will, on a trace id drawn here, and
+                        // build nothing for the events it would drop.
+                        let trace_id = random_trace_id();
+                        if !ratio_samples(ratio, trace_id) {
+                            continue;
+                        }
+                        super::PRESAMPLED_TRACE_ID.set(Some(trace_id));
+                    }
+                    Context::new()
+                }
             };
             let mut span = tracer.build_with_context(builder(info), &cx);
+            super::PRESAMPLED_TRACE_ID.set(None);
             if !span.span_context().is_sampled() {
                 continue; // unsampled: headers untouched, span dropped unrecorded
             }

@@ -26,8 +26,8 @@ pub mod propagation;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use opentelemetry::trace::SpanKind;
-use opentelemetry_sdk::trace::SdkTracer;
+use opentelemetry::trace::{SpanId, SpanKind, TraceId};
+use opentelemetry_sdk::trace::{IdGenerator, SdkTracer};
 
 pub(crate) use event_spans::{
     sink_delivered, sink_failed, sink_retry, SinkSpans, SourceSpans, TransformSpans,
@@ -42,6 +42,7 @@ pub const STAGE_TARGET: &str = "feedline::stage";
 #[derive(Clone, Default, Debug)]
 pub struct Telemetry {
     tracer: Option<SdkTracer>,
+    root_ratio: Option<f64>,
 }
 
 impl Telemetry {
@@ -52,12 +53,48 @@ impl Telemetry {
 
     /// Per-event spans go to `tracer` (its provider's sampler decides which).
     pub fn new(tracer: SdkTracer) -> Self {
-        Self { tracer: Some(tracer) }
+        Self { tracer: Some(tracer), root_ratio: None }
+    }
+
+    /// Declare that the provider's sampler samples a root span (no parent) exactly when its
+    /// trace id passes OpenTelemetry's trace-id-ratio test at `ratio` (true of `always_on` = 1,
+    /// `always_off` = 0, `traceidratio` and the `parentbased_*` forms of those), and that the
+    /// provider draws trace ids with [`PresampledIds`]. Sources then draw a root's trace id
+    /// themselves and build nothing for the events the sampler would drop — at 1% sampling
+    /// most of the per-event cost of tracing.
+    pub fn with_root_ratio(mut self, ratio: f64) -> Self {
+        self.root_ratio = Some(ratio.clamp(0.0, 1.0));
+        self
     }
 
     /// True when per-event spans are created.
     pub fn is_enabled(&self) -> bool {
         self.tracer.is_some()
+    }
+}
+
+thread_local! {
+    /// The trace id a source drew for the root span it is about to build on this thread.
+    static PRESAMPLED_TRACE_ID: std::cell::Cell<Option<TraceId>> = const { std::cell::Cell::new(None) };
+}
+
+/// The provider's id generator when [`Telemetry::with_root_ratio`] is used: a root span gets
+/// the trace id its source pre-sampled; everything else is random.
+#[derive(Debug, Default)]
+pub struct PresampledIds;
+
+impl IdGenerator for PresampledIds {
+    fn new_trace_id(&self) -> TraceId {
+        PRESAMPLED_TRACE_ID.take().unwrap_or_else(event_spans::random_trace_id)
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        loop {
+            let id: u64 = rand::random();
+            if id != 0 {
+                return SpanId::from(id);
+            }
+        }
     }
 }
 
@@ -80,6 +117,7 @@ pub enum Role {
 pub struct StageTelemetry {
     info: Arc<StageInfo>,
     tracer: Option<SdkTracer>,
+    root_ratio: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -134,7 +172,7 @@ impl StageTelemetry {
             kind,
             kafka,
         };
-        Self { info: Arc::new(info), tracer: telemetry.tracer.clone() }
+        Self { info: Arc::new(info), tracer: telemetry.tracer.clone(), root_ratio: telemetry.root_ratio }
     }
 
     /// The span name of this stage.
@@ -153,6 +191,10 @@ impl StageTelemetry {
 
     pub(crate) fn tracer(&self) -> Option<&SdkTracer> {
         self.tracer.as_ref()
+    }
+
+    pub(crate) fn root_ratio(&self) -> Option<f64> {
+        self.root_ratio
     }
 
     /// A batch span for this stage over `size` events; `feedline.outcome` (and for sinks

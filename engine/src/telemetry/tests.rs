@@ -170,6 +170,30 @@ fn roots_start_at_the_source_when_the_sampler_says_so() {
     assert!(events.iter().all(|e| propagation::is_sampled(&e.meta)));
 }
 
+#[test]
+fn presampled_roots_are_sampled_as_the_sdk_would_and_only_those_are_built() {
+    let collect = Collect::default();
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(collect.clone())
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.05))))
+        .with_id_generator(super::PresampledIds)
+        .build();
+    let t = Telemetry::new(provider.tracer("test")).with_root_ratio(0.05);
+    let stage = StageTelemetry::new(&t, "p", "in", "file", Role::Source);
+    let mut events: Vec<Event> = (0..20_000).map(|i| event(i, None)).collect();
+    SourceSpans::start(&stage, &mut events).expect("some of 20,000 are sampled").end("sent");
+    let spans = collect.0.lock().unwrap().clone();
+    let traced = events.iter().filter(|e| propagation::is_sampled(&e.meta)).count();
+    assert_eq!(spans.len(), traced, "every pre-sampled root was sampled by the SDK too");
+    assert!((700..=1300).contains(&traced), "5% of 20,000 roots, got {traced}");
+    let ids: std::collections::HashSet<_> = spans.iter().map(|s| s.span_context.trace_id()).collect();
+    assert_eq!(ids.len(), spans.len(), "one trace per event");
+    // Events with a parent keep following it.
+    let mut child = vec![event(0, Some((sampled_parent(7, 9), true)))];
+    SourceSpans::start(&stage, &mut child).expect("followed").end("sent");
+    assert_eq!(collect.0.lock().unwrap().last().unwrap().span_context.trace_id(), TraceId::from(7u128));
+}
+
 /// Counts exported spans; optionally fails or stalls.
 #[derive(Debug, Clone, Default)]
 struct Exporter {
