@@ -363,6 +363,22 @@ async fn paced_writes(
     (done, failed, issued)
 }
 
+/// A watched container with `FEED_RANGES` feed ranges, and the output topic.
+fn provision(
+    runtime: &tokio::runtime::Runtime,
+    server: &CosmosServer,
+    brokers: &str,
+    container_name: &str,
+    topic: &str,
+) -> anyhow::Result<ContainerClient> {
+    server.create_container(DB, container_name, "/id", FEED_RANGES);
+    runtime.block_on(create_topic(brokers, topic))?;
+    Ok(runtime.block_on(async {
+        let client = server.client_with_key(server.key()).await?;
+        client.database_client(DB).container_client(container_name, None).await
+    })?)
+}
+
 fn latency_run(
     runtime: &tokio::runtime::Runtime,
     server: &CosmosServer,
@@ -370,12 +386,7 @@ fn latency_run(
     opts: &Options,
 ) -> anyhow::Result<()> {
     let (container_name, topic) = ("whisks", "bench-cosmos-latency");
-    server.create_container(DB, container_name, "/id", FEED_RANGES);
-    runtime.block_on(create_topic(brokers, topic))?;
-    let container = runtime.block_on(async {
-        let client = server.client_with_key(server.key()).await?;
-        client.database_client(DB).container_client(container_name, None).await
-    })?;
+    let container = provision(runtime, server, brokers, container_name, topic)?;
     let (received, consumer) = start_consumer(brokers, topic);
     let pipeline = Running::start(runtime, server, container_name, brokers, topic)?;
 
@@ -484,12 +495,7 @@ fn backlog_run(
     backlog: u64,
 ) -> anyhow::Result<()> {
     let (container_name, topic) = ("subjects", "bench-cosmos-backlog");
-    server.create_container(DB, container_name, "/id", FEED_RANGES);
-    runtime.block_on(create_topic(brokers, topic))?;
-    let container = runtime.block_on(async {
-        let client = server.client_with_key(server.key()).await?;
-        client.database_client(DB).container_client(container_name, None).await
-    })?;
+    let container = provision(runtime, server, brokers, container_name, topic)?;
     let filling = Instant::now();
     runtime.block_on(fill(container, backlog))?;
     let fill_time = filling.elapsed();

@@ -19,6 +19,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::commands::registry;
 
+/// A test server installed by one of the `scripts/install-*.sh` scripts: `$env_var`, else
+/// `relative` under `${FEEDLINE_CACHE:-~/.cache/feedline}`.
+pub fn installed_tool(env_var: &str, relative: &str) -> std::path::PathBuf {
+    match std::env::var_os(env_var) {
+        Some(p) => p.into(),
+        None => std::env::var_os("FEEDLINE_CACHE")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                    .join(".cache/feedline")
+            })
+            .join(relative),
+    }
+}
+
 fn pipeline_toml(events: u64) -> String {
     format!(
         r#"name = "bench"

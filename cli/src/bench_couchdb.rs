@@ -55,16 +55,10 @@ struct Server {
 
 impl Server {
     fn start() -> anyhow::Result<Self> {
-        let bin = match std::env::var_os("FEEDLINE_POUCHDB") {
-            Some(p) => PathBuf::from(p),
-            None => {
-                let cache = std::env::var_os("FEEDLINE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                        .join(".cache/feedline")
-                });
-                cache.join("pouchdb-server/node_modules/.bin/pouchdb-server")
-            }
-        };
+        let bin = crate::bench::installed_tool(
+            "FEEDLINE_POUCHDB",
+            "pouchdb-server/node_modules/.bin/pouchdb-server",
+        );
         if !bin.is_file() {
             bail!(
                 "pouchdb-server not found at {} (run scripts/install-pouchdb.sh, or pass --url)",

@@ -16,7 +16,6 @@
 //! past the rest of a record batch; this is a throughput run, not a delivery test).
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,16 +50,7 @@ struct Tansu {
 
 impl Tansu {
     fn start() -> anyhow::Result<Self> {
-        let bin = match std::env::var_os("FEEDLINE_TANSU") {
-            Some(p) => PathBuf::from(p),
-            None => {
-                let cache = std::env::var_os("FEEDLINE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                        .join(".cache/feedline")
-                });
-                cache.join("tansu-0.6.0/bin/tansu")
-            }
-        };
+        let bin = crate::bench::installed_tool("FEEDLINE_TANSU", "tansu-0.6.0/bin/tansu");
         if !bin.is_file() {
             bail!(
                 "tansu not found at {} (run scripts/install-tansu.sh, set FEEDLINE_TANSU, or pass --brokers)",
