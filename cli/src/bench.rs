@@ -5,13 +5,14 @@
 //! Baseline: render the same events, `serde_json::from_str`, `serde_json::to_vec` — the least
 //! any JSON pipe must do.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use feedline_connectors::generator::{render, Shape};
-use feedline_engine::config::load_file;
+use feedline_engine::config::{load_file, PipelineDef};
 use feedline_engine::health::Health;
 use feedline_engine::metrics::Metrics;
 use feedline_engine::runtime::{run_pipeline, RuntimeOptions};
@@ -34,9 +35,10 @@ pub fn installed_tool(env_var: &str, relative: &str) -> std::path::PathBuf {
     }
 }
 
-fn pipeline_toml(events: u64) -> String {
+/// The engine benchmark's pipeline (also what `bench tracing` measures), named `name`.
+pub fn pipeline_toml(name: &str, events: u64) -> String {
     format!(
-        r#"name = "bench"
+        r#"name = "{name}"
 [source]
 type = "generator"
 shape = "cosmos_change"
@@ -81,12 +83,17 @@ fn baseline(events: u64) -> anyhow::Result<Duration> {
     Ok(started.elapsed())
 }
 
-pub fn run(events: u64) -> anyhow::Result<ExitCode> {
-    let dir = std::env::temp_dir().join(format!("feedline-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+/// Write `toml` to `dir/bench.toml` and load it with every registered component.
+pub fn load_pipeline(dir: &Path, toml: &str) -> anyhow::Result<PipelineDef> {
     let file = dir.join("bench.toml");
-    std::fs::write(&file, pipeline_toml(events))?;
-    let def = load_file(&file, &registry(), &|_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::write(&file, toml)?;
+    load_file(&file, &registry(), &|_| None).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Run `toml` to completion on a fresh runtime (data under `dir/data`): its wall time and
+/// metrics.
+pub fn time_pipeline(dir: &Path, toml: &str) -> anyhow::Result<(Duration, Metrics)> {
+    let def = load_pipeline(dir, toml)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let options = RuntimeOptions { data_dir: dir.join("data"), drain_timeout: Duration::from_secs(30) };
     let metrics = Metrics::new();
@@ -100,7 +107,13 @@ pub fn run(events: u64) -> anyhow::Result<ExitCode> {
             CancellationToken::new(),
         ))
         .context("bench pipeline")?;
-    let engine = started.elapsed();
+    Ok((started.elapsed(), metrics))
+}
+
+pub fn run(events: u64) -> anyhow::Result<ExitCode> {
+    let dir = std::env::temp_dir().join(format!("feedline-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (engine, _) = time_pipeline(&dir, &pipeline_toml("bench", events))?;
     let rss = peak_rss_mib();
     let base = baseline(events)?;
     let _ = std::fs::remove_dir_all(&dir);

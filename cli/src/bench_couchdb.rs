@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use feedline_connectors::couchdb::RawBulkWriter;
 use feedline_connectors::generator::{render, Shape};
-use feedline_engine::config::load_file;
 use feedline_engine::health::Health;
 use feedline_engine::metrics::Metrics;
 use feedline_engine::runtime::{run_pipeline, RuntimeOptions};
@@ -28,8 +27,6 @@ use feedline_engine::{BuildContext, Event, Metadata, Output, TransformConfig};
 use feedline_transforms::extract_activation::ExtractActivationConfig;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-
-use crate::commands::registry;
 
 const BATCH: usize = 1000;
 const IN_FLIGHT: usize = 4;
@@ -131,9 +128,7 @@ batch = {{ max_events = {BATCH} }}
 /// Run the persister pipeline to completion; its wall time.
 async fn feedline_run(url: &str, database: &str, events: u64, rate: Option<f64>) -> anyhow::Result<Duration> {
     let dir = scratch("pipeline")?;
-    let file = dir.join("bench.toml");
-    std::fs::write(&file, pipeline_toml(url, database, events, rate))?;
-    let def = load_file(&file, &registry(), &|_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let def = crate::bench::load_pipeline(&dir, &pipeline_toml(url, database, events, rate))?;
     let options = RuntimeOptions { data_dir: dir.join("data"), drain_timeout: Duration::from_secs(60) };
     let started = Instant::now();
     let result =

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use feedline_connectors::generator::{render, Shape};
 use feedline_connectors::kafka::rdkafka;
-use feedline_engine::config::load_file;
 use feedline_engine::health::Health;
 use feedline_engine::metrics::Metrics;
 use feedline_engine::runtime::{run_pipeline, RuntimeOptions};
@@ -36,8 +35,6 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
-
-use crate::commands::registry;
 
 const PARTITIONS: i32 = 4;
 const FETCH_WAIT_MS: &str = "10";
@@ -255,10 +252,8 @@ fn feedline_pipe(
 ) -> anyhow::Result<(Duration, f64)> {
     let dir = std::env::temp_dir().join(format!("feedline-bench-kafka-{}-{round}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let file = dir.join("bench-kafka.toml");
     let group = format!("bench-feedline-{}-{round}", std::process::id());
-    std::fs::write(&file, pipeline_toml(brokers, input, output, &group))?;
-    let def = load_file(&file, &registry(), &|_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let def = crate::bench::load_pipeline(&dir, &pipeline_toml(brokers, input, output, &group))?;
     let options = RuntimeOptions { data_dir: dir.join("data"), drain_timeout: Duration::from_secs(30) };
     let metrics = Metrics::new();
     let delivered = metrics.component("bench-kafka", "kafka", "sink").events_out;

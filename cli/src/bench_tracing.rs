@@ -16,44 +16,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use feedline_engine::config::load_file;
 use feedline_engine::health::Health;
 use feedline_engine::metrics::Metrics;
 use feedline_engine::runtime::{run_pipeline_traced, RuntimeOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::registry;
 use crate::telemetry::Installed;
 
 /// Set in the children: run one measurement and print it.
 const CHILD_ENV: &str = "FEEDLINE_BENCH_TRACING_CHILD";
-
-fn pipeline_toml(events: u64) -> String {
-    format!(
-        r#"name = "bench-tracing"
-[source]
-type = "generator"
-shape = "cosmos_change"
-count = {events}
-batch_size = 1000
-
-[[transforms]]
-type = "drop_own_cluster"
-cluster_id = "west"
-
-[[transforms]]
-type = "soft_delete"
-mode = "mark"
-
-[[transforms]]
-type = "invalidate_cache"
-instance_id = "cache-invalidator"
-
-[[sinks]]
-type = "blackhole"
-"#
-    )
-}
 
 /// CPU time (user + system) this process has used so far, from `/proc/self/stat` (Linux; the
 /// kernel reports it in USER_HZ = 100 ticks per second). `None` elsewhere.
@@ -72,9 +43,7 @@ fn cpu_seconds() -> Option<f64> {
 fn child(events: u64, installed: &Installed) -> anyhow::Result<ExitCode> {
     let dir = std::env::temp_dir().join(format!("feedline-bench-tracing-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let file = dir.join("bench.toml");
-    std::fs::write(&file, pipeline_toml(events))?;
-    let def = load_file(&file, &registry(), &|_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let def = crate::bench::load_pipeline(&dir, &crate::bench::pipeline_toml("bench-tracing", events))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let options = RuntimeOptions { data_dir: dir.join("data"), drain_timeout: Duration::from_secs(60) };
     let cpu_before = cpu_seconds();

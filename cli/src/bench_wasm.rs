@@ -12,17 +12,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use feedline_engine::config::load_file;
-use feedline_engine::health::Health;
-use feedline_engine::metrics::Metrics;
-use feedline_engine::runtime::{run_pipeline, RuntimeOptions};
-use tokio_util::sync::CancellationToken;
-
-use crate::commands::registry;
 
 const FILTER_BUILTIN: &str = r#"type = "filter"
 condition = { not = { equals = { field = "_clusterId", value = "west" } } }"#;
@@ -71,23 +63,7 @@ fn metric(text: &str, family: &str, filter: &str) -> f64 {
 }
 
 fn run_once(dir: &Path, events: u64, transform: &str, modules: &Path) -> anyhow::Result<Run> {
-    let file = dir.join("bench-wasm.toml");
-    std::fs::write(&file, pipeline_toml(events, transform, modules))?;
-    let def = load_file(&file, &registry(), &|_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let options = RuntimeOptions { data_dir: dir.join("data"), drain_timeout: Duration::from_secs(30) };
-    let metrics = Metrics::new();
-    let started = Instant::now();
-    runtime
-        .block_on(run_pipeline(
-            Arc::new(def),
-            options,
-            metrics.clone(),
-            Health::default(),
-            CancellationToken::new(),
-        ))
-        .context("bench pipeline")?;
-    let took = started.elapsed();
+    let (took, metrics) = crate::bench::time_pipeline(dir, &pipeline_toml(events, transform, modules))?;
     let _ = std::fs::remove_dir_all(dir.join("data"));
     let text = metrics.render();
     Ok(Run {
