@@ -9,6 +9,7 @@
 pub mod cosmos;
 pub mod couchdb;
 pub mod otlp;
+pub mod pipeline;
 pub mod process;
 pub mod tansu;
 

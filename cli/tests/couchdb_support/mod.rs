@@ -1,90 +1,28 @@
 //! Shared by the CouchDB integration tests (`couchdb_*.rs`): scratch directories, running
 //! `feedline` on a pipeline text, `/metrics` scraping, activation messages. Bounded in time.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use feedline_testkit::Feedline;
+use feedline_testkit::{pipeline, Feedline};
 use serde_json::{json, Value};
 
-/// A scratch directory with pipeline files, inputs and a data directory.
-pub struct Workdir {
-    pub dir: tempfile::TempDir,
-}
-
-impl Workdir {
-    pub fn new() -> Self {
-        Workdir { dir: tempfile::tempdir().unwrap() }
-    }
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-}
+pub use feedline_testkit::pipeline::{metric_sum as metric, read_jsonl, Workdir};
 
 /// `feedline run <pipeline> --listen 127.0.0.1:0` with stderr in `log`.
 pub fn run(pipeline: &Path, data_dir: &Path, log: &Path, env: &[(&str, &str)]) -> Feedline {
-    let args = [
-        "run",
-        pipeline.to_str().unwrap(),
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--drain-timeout",
-        "20",
-    ];
-    let mut env = env.to_vec();
-    if std::env::var("RUST_LOG").is_err() {
-        env.push(("RUST_LOG", "info"));
-    }
-    Feedline::spawn(Path::new(env!("CARGO_BIN_EXE_feedline")), &args, &env, log)
+    pipeline::run_pipeline(pipeline, data_dir, log, env, &[])
 }
 
 /// The address a `--listen 127.0.0.1:0` process printed.
 pub fn listen_addr(f: &Feedline) -> String {
-    let mut addr = None;
-    feedline_testkit::wait_until(Duration::from_secs(30), || {
-        addr = f.log().lines().find_map(|l| l.strip_prefix("feedline: listening on ").map(str::to_owned));
-        addr.is_some()
-    });
-    addr.unwrap_or_else(|| panic!("no listen address in log:\n{}", f.log()))
+    pipeline::listen_addr(f, Duration::from_secs(30))
 }
 
 /// GET `/metrics` (empty when the process is gone).
 pub fn metrics(addr: &str) -> String {
-    let Ok(mut s) = TcpStream::connect(addr) else { return String::new() };
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
-}
-
-/// Sum of a metric's samples whose labels contain all of `labels`.
-pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// Every line of a JSON-lines file (none when it does not exist yet).
-pub fn read_jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    pipeline::try_http_get(addr, "/metrics").unwrap_or_default()
 }
 
 /// A 32-hex-digit activation id.

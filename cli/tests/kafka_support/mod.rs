@@ -1,16 +1,13 @@
 //! Shared by the Kafka integration tests (`kafka_*.rs`): produce and read records with rdkafka,
 //! run `feedline` on a pipeline text, scrape `/metrics`. Everything is bounded in time.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use feedline_testkit::process::feedline_bin;
 use feedline_testkit::Feedline;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -226,43 +223,13 @@ pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Ha
         .collect()
 }
 
-/// A scratch directory with a pipeline file and a data directory.
-pub struct Workdir {
-    pub dir: tempfile::TempDir,
-}
+pub use feedline_testkit::pipeline::{http_get, listen_addr, metric_sum, Workdir};
 
-impl Workdir {
-    pub fn new() -> Self {
-        Workdir { dir: tempfile::tempdir().unwrap() }
-    }
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-}
-
-/// `feedline run <pipeline> --listen 127.0.0.1:0`, logging to `log`.
+/// `feedline run <pipeline> --listen 127.0.0.1:0`, logging to `log` without colours.
 pub fn run_feedline(pipeline: &Path, data_dir: &Path, log: &Path, env: &[(&str, &str)]) -> Feedline {
-    let args = [
-        "run",
-        pipeline.to_str().unwrap(),
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--drain-timeout",
-        "20",
-    ];
     let mut env = env.to_vec();
     env.push(("NO_COLOR", "1")); // plain log lines to search
-    if std::env::var("RUST_LOG").is_err() {
-        env.push(("RUST_LOG", "info"));
-    }
-    Feedline::spawn(&feedline_bin(), &args, &env, log)
+    feedline_testkit::pipeline::run_pipeline(pipeline, data_dir, log, env.as_slice(), &[])
 }
 
 /// Partitions named in log lines containing `what` (e.g. "kafka partitions assigned"), in order.
@@ -272,36 +239,6 @@ pub fn logged_partitions(log: &str, what: &str) -> Vec<Vec<String>> {
         .filter_map(|l| l.split_once("partitions=").map(|(_, p)| p))
         .map(|p| p.split(", ").map(|s| s.trim().to_owned()).collect())
         .collect()
-}
-
-/// The `/metrics` address a `--listen 127.0.0.1:0` process printed.
-pub fn listen_addr(f: &Feedline, timeout: Duration) -> String {
-    let mut addr = None;
-    feedline_testkit::wait_until(timeout, || {
-        addr = f.log().lines().find_map(|l| l.strip_prefix("feedline: listening on ").map(str::to_owned));
-        addr.is_some()
-    });
-    addr.unwrap_or_else(|| panic!("no listen address in log:\n{}", f.log()))
-}
-
-/// GET `path` from `addr` (HTTP/1.0, body only).
-pub fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
-}
-
-/// Sum of a Prometheus metric's samples whose labels contain all of `labels`.
-pub fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// How many times each key occurs.
