@@ -193,13 +193,13 @@ impl<'a> Event<'a> {
     /// the whole value was changed, only this change crosses back: neither side parses the
     /// value, the cheapest way for a map to rewrite a field.
     pub fn set_field(&mut self, pointer: &str, value: Value) -> Result<()> {
-        self.patch(Patch::new(PatchOp::Set, pointer, &value)?)
+        self.patch(Patch::new(PatchOp::Set, pointer, value)?)
     }
 
     /// Like [`Event::set_field`], but only when the field is there (redaction): a missing
     /// field is left missing.
     pub fn replace_field(&mut self, pointer: &str, value: Value) -> Result<()> {
-        self.patch(Patch::new(PatchOp::Replace, pointer, &value)?)
+        self.patch(Patch::new(PatchOp::Replace, pointer, value)?)
     }
 
     fn patch(&mut self, patch: Patch) -> Result<()> {
@@ -266,26 +266,20 @@ pub(crate) enum PatchOp {
     Replace = 1,
 }
 
-/// One field change: the op, a JSON pointer and the new value as JSON text.
+/// One field change: the op, a JSON pointer and the new value.
 #[derive(Debug, Clone)]
 pub(crate) struct Patch {
     pub(crate) op: PatchOp,
     pub(crate) pointer: String,
-    pub(crate) json: String,
-    value: Value,
+    pub(crate) value: Value,
 }
 
 impl Patch {
-    fn new(op: PatchOp, pointer: &str, value: &Value) -> Result<Self> {
+    fn new(op: PatchOp, pointer: &str, value: Value) -> Result<Self> {
         if !(pointer.is_empty() || pointer.starts_with('/')) {
             return Err(Error::new(format!("`{pointer}` is not a JSON pointer (write `/{pointer}`)")));
         }
-        Ok(Self {
-            op,
-            pointer: pointer.to_owned(),
-            json: serde_json::to_string(value)?,
-            value: value.clone(),
-        })
+        Ok(Self { op, pointer: pointer.to_owned(), value })
     }
 
     /// Apply to a parsed value, as the host does (a missing parent is left alone here; the

@@ -95,6 +95,16 @@ fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
 /// A per-record error: the input index and the message.
 pub type RecordError = (u32, String);
 
+/// `value` as length-prefixed JSON text.
+fn put_json(buf: &mut Vec<u8>, value: &serde_json::Value) -> Result<(), serde_json::Error> {
+    let len_at = buf.len();
+    put_u32(buf, 0);
+    serde_json::to_writer(&mut *buf, value)?;
+    let len = (buf.len() - len_at - 4) as u32;
+    buf[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+    Ok(())
+}
+
 fn put_errors(buf: &mut Vec<u8>, errors: &[RecordError]) {
     put_u32(buf, errors.len());
     for (index, message) in errors {
@@ -158,24 +168,23 @@ impl MapWriter {
                 }
             }
         }
-        if let Some(value) = event.changed_value() {
+        let written = if let Some(value) = event.changed_value() {
             flags |= out::VALUE_SET;
-            let len_at = self.buf.len();
-            put_u32(&mut self.buf, 0);
-            if let Err(e) = serde_json::to_writer(&mut self.buf, value) {
-                self.buf.truncate(start);
-                return Err(e);
-            }
-            let len = (self.buf.len() - len_at - 4) as u32;
-            self.buf[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+            put_json(&mut self.buf, value)
         } else if !event.patches().is_empty() {
             flags |= out::PATCHES;
             put_u32(&mut self.buf, event.patches().len());
-            for patch in event.patches() {
+            event.patches().iter().try_for_each(|patch| {
                 self.buf.push(patch.op as u8);
                 put_bytes(&mut self.buf, patch.pointer.as_bytes());
-                put_bytes(&mut self.buf, patch.json.as_bytes());
-            }
+                put_json(&mut self.buf, &patch.value)
+            })
+        } else {
+            Ok(())
+        };
+        if let Err(e) = written {
+            self.buf.truncate(start);
+            return Err(e);
         }
         self.buf[flags_at] = flags;
         self.count += 1;
