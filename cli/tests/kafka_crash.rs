@@ -16,30 +16,6 @@ use kafka_support::*;
 const RECORDS: u64 = 200_000;
 const KILLS: usize = 5;
 
-fn pipeline(brokers: &str) -> String {
-    format!(
-        r#"name = "kafka-crash"
-
-[source]
-type = "kafka"
-brokers = "{brokers}"
-group_id = "crash"
-topics = ["crash-in"]
-commit_interval_ms = 200
-
-[source.librdkafka]
-"fetch.wait.max.ms" = 10
-"session.timeout.ms" = 6000
-"heartbeat.interval.ms" = 500
-
-[[sinks]]
-type = "kafka"
-brokers = "{brokers}"
-topic = "crash-out"
-"#
-    )
-}
-
 fn seq_of(r: &Record) -> u64 {
     r.json()["seq"].as_u64().unwrap()
 }
@@ -53,7 +29,8 @@ fn sigkill_at_random_points_loses_no_record_on_tansu() {
     broker.create_topic("crash-in", 4);
     broker.create_topic("crash-out", 4);
     let work = Workdir::new();
-    let file = work.write("crash.toml", &pipeline(&brokers));
+    let file =
+        work.write("crash.toml", &topic_to_topic("kafka-crash", &brokers, "crash", "crash-in", "crash-out"));
 
     // The input is produced while the pipeline runs and is killed (one record per batch: see
     // kafka_support::produce_unbatched — restarts resume inside what would be a batch).

@@ -14,30 +14,6 @@ use kafka_support::*;
 
 const RECORDS: u64 = 40_000;
 
-fn pipeline(brokers: &str) -> String {
-    format!(
-        r#"name = "kafka-rebalance"
-
-[source]
-type = "kafka"
-brokers = "{brokers}"
-group_id = "rebalance"
-topics = ["rb-in"]
-commit_interval_ms = 200
-
-[source.librdkafka]
-"fetch.wait.max.ms" = 10
-"session.timeout.ms" = 6000
-"heartbeat.interval.ms" = 500
-
-[[sinks]]
-type = "kafka"
-brokers = "{brokers}"
-topic = "rb-out"
-"#
-    )
-}
-
 /// The partitions a process holds according to its log (assignments minus revocations).
 fn held(f: &Feedline) -> HashSet<String> {
     let log = f.log();
@@ -68,7 +44,10 @@ fn two_processes_share_the_partitions_and_one_takes_over_when_the_other_stops() 
     broker.create_topic("rb-in", 4);
     broker.create_topic("rb-out", 4);
     let work = Workdir::new();
-    let file = work.write("rebalance.toml", &pipeline(&brokers));
+    let file = work.write(
+        "rebalance.toml",
+        &topic_to_topic("kafka-rebalance", &brokers, "rebalance", "rb-in", "rb-out"),
+    );
 
     // Records keep arriving during the whole test (one per batch: the new owner of a partition
     // resumes at a committed offset, see kafka_support::produce_unbatched).

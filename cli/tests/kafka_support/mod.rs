@@ -232,6 +232,32 @@ pub fn run_feedline(pipeline: &Path, data_dir: &Path, log: &Path, env: &[(&str, 
     feedline_testkit::pipeline::run_pipeline(pipeline, data_dir, log, env.as_slice(), &[])
 }
 
+/// A topic → topic pipeline `name` in consumer group `group`, committing every 200 ms, with a
+/// 6 s session timeout so a killed member is replaced quickly.
+pub fn topic_to_topic(name: &str, brokers: &str, group: &str, input: &str, output: &str) -> String {
+    format!(
+        r#"name = "{name}"
+
+[source]
+type = "kafka"
+brokers = "{brokers}"
+group_id = "{group}"
+topics = ["{input}"]
+commit_interval_ms = 200
+
+[source.librdkafka]
+"fetch.wait.max.ms" = 10
+"session.timeout.ms" = 6000
+"heartbeat.interval.ms" = 500
+
+[[sinks]]
+type = "kafka"
+brokers = "{brokers}"
+topic = "{output}"
+"#
+    )
+}
+
 /// Partitions named in log lines containing `what` (e.g. "kafka partitions assigned"), in order.
 pub fn logged_partitions(log: &str, what: &str) -> Vec<Vec<String>> {
     log.lines()
