@@ -155,12 +155,15 @@ fn documents(events: u64) -> anyhow::Result<Vec<serde_json::Value>> {
     for chunk_start in (0..events).step_by(BATCH) {
         let inputs = (chunk_start..(chunk_start + BATCH as u64).min(events))
             .map(|n| {
-                Ok(Event::new(serde_json::from_str(&render(Shape::Activation, n))?, Metadata::default()))
+                Ok(Event::new(
+                    serde_json::from_str::<serde_json::Value>(&render(Shape::Activation, n))?,
+                    Metadata::default(),
+                ))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut out = Output::default();
         transform.transform_batch(inputs, &mut out);
-        docs.extend(out.emitted().map(|e| e.value.clone()));
+        docs.extend(out.emitted().map(|e| serde_json::Value::clone(&e.value)));
     }
     Ok(docs)
 }

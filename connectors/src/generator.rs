@@ -115,7 +115,7 @@ impl Source for Generator {
             let mut batch = Batch::with_capacity(size as usize);
             for i in n..n + size {
                 let text = render(self.config.shape, i);
-                let value = serde_json::from_str(&text)
+                let value: serde_json::Value = serde_json::from_str(&text)
                     .map_err(|e| ComponentError::fatal(format!("generator produced invalid JSON: {e}")))?;
                 let meta = Metadata {
                     source: ctx.component_id.clone(),

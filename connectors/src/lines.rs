@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use feedline_engine::{AckToken, Batch, Closed, Event, Metadata, SourceContext, Tracker};
+use bytes::Bytes;
+use feedline_engine::{AckToken, Batch, Closed, Event, Metadata, Payload, SourceContext, Tracker};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
@@ -19,13 +20,15 @@ pub enum LineDecoding {
     String,
 }
 
-/// Decode one line (without its newline). `Err` carries the reason and the raw text.
-pub fn decode(line: &[u8], decoding: LineDecoding) -> Result<Value, (String, Value)> {
+/// Decode one line (without its newline). `Err` carries the reason and the raw text. JSON is
+/// validated and kept as text (see [`Payload`]): a line no stage reads is written out unparsed.
+pub fn decode(line: &[u8], decoding: LineDecoding) -> Result<Payload, (String, Value)> {
     let raw = || Value::String(String::from_utf8_lossy(line).into_owned());
     match decoding {
-        LineDecoding::Json => serde_json::from_slice(line).map_err(|e| (format!("invalid JSON: {e}"), raw())),
+        LineDecoding::Json => Payload::from_json_bytes(Bytes::copy_from_slice(line))
+            .map_err(|e| (format!("invalid JSON: {e}"), raw())),
         LineDecoding::String => match std::str::from_utf8(line) {
-            Ok(s) => Ok(Value::String(s.to_owned())),
+            Ok(s) => Ok(Value::String(s.to_owned()).into()),
             Err(e) => Err((format!("invalid UTF-8: {e}"), raw())),
         },
     }
@@ -127,6 +130,10 @@ mod tests {
     #[test]
     fn decodes_json_and_reports_garbage_with_raw_text() {
         assert_eq!(decode(br#"{"a":1}"#, LineDecoding::Json).unwrap(), serde_json::json!({"a": 1}));
+        assert!(
+            !decode(br#"{"a":1}"#, LineDecoding::Json).unwrap().is_parsed(),
+            "JSON stays text until read"
+        );
         let (why, raw) = decode(b"{oops", LineDecoding::Json).unwrap_err();
         assert!(why.starts_with("invalid JSON"), "{why}");
         assert_eq!(raw, Value::String("{oops".into()));

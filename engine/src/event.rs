@@ -1,7 +1,7 @@
 //! The unit of data that flows through a pipeline.
 //!
-//! An [`Event`] is what transforms and sinks see: a key, a JSON value parsed once at the source,
-//! and [`Metadata`] about where it came from. Delivery tracking ([`crate::AckToken`]) travels
+//! An [`Event`] is what transforms and sinks see: a key, a JSON value (parsed at most once, see
+//! [`Payload`]) and [`Metadata`] about where it came from. Delivery tracking ([`crate::AckToken`]) travels
 //! beside the event inside the engine, never inside it, so no component can forget to ack.
 
 use std::sync::Arc;
@@ -9,6 +9,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::payload::Payload;
 
 /// What a change means for the target: write the document, or delete it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
@@ -67,8 +69,10 @@ impl Metadata {
 pub struct Event {
     /// Record key (Kafka key, document id bytes); `None` when the source has none.
     pub key: Option<Bytes>,
-    /// The payload, parsed once at the source.
-    pub value: Value,
+    /// The payload: JSON text kept as read until a stage needs its structure (then parsed once),
+    /// or a value built in memory. Reads and writes go through `Deref`/`DerefMut` to a
+    /// `serde_json::Value`; see [`Payload`].
+    pub value: Payload,
     /// Upsert or delete.
     pub operation: Operation,
     /// Where it came from.
@@ -77,8 +81,8 @@ pub struct Event {
 
 impl Event {
     /// An upsert event with this value and no key.
-    pub fn new(value: Value, meta: Metadata) -> Self {
-        Self { key: None, value, operation: Operation::Upsert, meta }
+    pub fn new(value: impl Into<Payload>, meta: Metadata) -> Self {
+        Self { key: None, value: value.into(), operation: Operation::Upsert, meta }
     }
 
     /// The key as UTF-8 text, when it is text.

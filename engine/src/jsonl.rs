@@ -37,7 +37,11 @@ impl JsonLinesSink {
 
     fn line(&self, event: &Event, buf: &mut Vec<u8>) -> Result<(), serde_json::Error> {
         match self.format {
-            LineFormat::Value => serde_json::to_writer(&mut *buf, &event.value)?,
+            LineFormat::Value => match event.value.raw() {
+                // One line per record: unchanged text is written as is unless it spans lines.
+                Some(raw) if !raw.contains(&b'\n') => buf.extend_from_slice(raw),
+                _ => serde_json::to_writer(&mut *buf, &event.value)?,
+            },
             LineFormat::Envelope => serde_json::to_writer(
                 &mut *buf,
                 &serde_json::json!({

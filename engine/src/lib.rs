@@ -28,6 +28,7 @@ pub mod health;
 pub mod jsonl;
 pub mod metrics;
 pub mod ops;
+pub mod payload;
 pub mod registry;
 pub mod runtime;
 pub mod telemetry;
@@ -39,6 +40,7 @@ pub use component::{
     WriteResult,
 };
 pub use event::{lookup, Event, Metadata, Operation};
+pub use payload::Payload;
 pub use registry::{
     BuildContext, CheckContext, ConfigProblem, Registry, SinkConfig, SourceConfig, TransformConfig,
 };

@@ -64,7 +64,7 @@ fn run_case(def: &PipelineDef, case: &TestCase, metrics: &Metrics) -> Result<Cas
         };
         let event = Event {
             key: input.key.as_ref().map(|k| Bytes::from(k.clone().into_bytes())),
-            value: input.value.clone(),
+            value: input.value.clone().into(),
             operation: input.operation,
             meta,
         };

@@ -78,7 +78,7 @@ mod tests {
         let mut out = Output::default();
         let events = values.into_iter().map(|v| Event::new(v, Metadata::from_source("t"))).collect();
         t.transform_batch(events, &mut out);
-        out.emitted().map(|e| e.value.clone()).collect()
+        out.emitted().map(|e| Value::clone(&e.value)).collect()
     }
 
     #[test]

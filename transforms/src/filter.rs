@@ -138,7 +138,9 @@ impl Field {
     fn get<'a>(&self, event: &'a Event) -> Option<Found<'a>> {
         match self {
             Self::Name(name) => event.value.get(name).map(Found::Json),
-            Self::Pointer(tokens) => tokens.iter().try_fold(&event.value, |v, t| step(v, t)).map(Found::Json),
+            Self::Pointer(tokens) => {
+                tokens.iter().try_fold(&*event.value, |v, t| step(v, t)).map(Found::Json)
+            }
             Self::Key => event.key_str().map(Found::Text),
             Self::Stream => event.meta.stream.as_deref().map(Found::Text),
         }

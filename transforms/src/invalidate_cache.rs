@@ -149,7 +149,7 @@ impl Transform for InvalidateCache {
         let mut message = Map::new();
         message.insert("instanceId".to_owned(), self.instance_id.clone());
         message.insert("key".to_owned(), Value::Object(key));
-        event.value = Value::Object(message);
+        event.value = Value::Object(message).into();
         event.key = Some(self.key.clone());
         event.operation = Operation::Upsert;
         out.emit(event);
@@ -181,7 +181,7 @@ mod tests {
     }
 
     fn values(out: &Output) -> Vec<Value> {
-        out.emitted().map(|e| e.value.clone()).collect()
+        out.emitted().map(|e| Value::clone(&e.value)).collect()
     }
 
     fn msg(id: &str) -> Value {
@@ -216,7 +216,7 @@ mod tests {
     fn delete_events_still_invalidate() {
         let e = Event { operation: Operation::Delete, ..ev(json!({"_id": "guest/gone"})) };
         let out = run(json!({"id_field": "_id"}), vec![e]);
-        let got: Vec<_> = out.emitted().map(|e| (e.value.clone(), e.operation)).collect();
+        let got: Vec<_> = out.emitted().map(|e| (Value::clone(&e.value), e.operation)).collect();
         assert_eq!(got, vec![(msg("guest/gone"), Operation::Upsert)]);
     }
 
@@ -245,7 +245,8 @@ mod tests {
         ];
         let out = run(json!({}), bad.clone());
         assert_eq!(out.emitted().count(), 0);
-        let rejected: Vec<_> = out.rejections().map(|(e, r)| (e.value.clone(), r.to_owned())).collect();
+        let rejected: Vec<_> =
+            out.rejections().map(|(e, r)| (Value::clone(&e.value), r.to_owned())).collect();
         assert_eq!(rejected.len(), 4);
         assert!(rejected.iter().all(|(_, r)| r == "document has no string `id`"));
         assert_eq!(rejected[0].0, json!({"id": 7}), "rejected events are unchanged");

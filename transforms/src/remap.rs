@@ -516,7 +516,7 @@ mod tests {
             "reject",
             json!({}),
         );
-        let rejected = out.rejections().next().map(|(e, _)| e.value.clone());
+        let rejected = out.rejections().next().map(|(e, _)| Value::clone(&e.value));
         assert_eq!(rejected, Some(json!({"n": 1})), "edits before the failure stay applied");
     }
 
@@ -542,7 +542,10 @@ mod tests {
     fn failed_rename_restores_array_element_in_place() {
         let out =
             run(json!([{"rename": {"from": "/l/0", "to": "/s/x"}}]), "skip", json!({"l": [1, 2], "s": "t"}));
-        assert_eq!(out.emitted().next().map(|e| e.value.clone()), Some(json!({"l": [1, 2], "s": "t"})));
+        assert_eq!(
+            out.emitted().next().map(|e| Value::clone(&e.value)),
+            Some(json!({"l": [1, 2], "s": "t"}))
+        );
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl CosmosSink {
     }
 
     async fn write_one(&self, container: &ContainerClient, event: &Event) -> WriteResult {
-        let Value::Object(fields) = &event.value else {
+        let Value::Object(fields) = &*event.value else {
             return Err(ComponentError::reject("event value is not a JSON object"));
         };
         let (id, pk) = self.identity(&event.value).map_err(ComponentError::reject)?;
@@ -93,7 +93,7 @@ impl CosmosSink {
             };
         }
         let doc = if fields.get("id").and_then(Value::as_str) == Some(id.as_str()) {
-            std::borrow::Cow::Borrowed(&event.value)
+            std::borrow::Cow::Borrowed(&*event.value)
         } else {
             let mut fields = fields.clone();
             fields.insert("id".to_owned(), Value::String(id.clone()));

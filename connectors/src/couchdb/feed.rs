@@ -163,7 +163,7 @@ pub fn row_event(row: Value, source: &Arc<str>, database: &Arc<str>, skip_design
     };
     RowEvent::Event(Event {
         key: Some(Bytes::from(id.into_bytes())),
-        value,
+        value: value.into(),
         operation: if deleted { Operation::Delete } else { Operation::Upsert },
         meta,
     })

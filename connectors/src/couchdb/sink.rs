@@ -267,7 +267,7 @@ fn event_id(event: &Event) -> Option<String> {
 /// The document to write for an upsert event: the value without `_rev` (a revision read from
 /// another database means nothing here), with `_id` from the key when it has none.
 fn document(event: &Event) -> Result<Map<String, Value>, ComponentError> {
-    let Value::Object(doc) = &event.value else {
+    let Value::Object(doc) = &*event.value else {
         return Err(ComponentError::reject("a CouchDB document must be a JSON object"));
     };
     let mut doc = doc.clone();
@@ -339,7 +339,7 @@ mod tests {
     fn event(value: Value, key: Option<&str>) -> Event {
         Event {
             key: key.map(|k| bytes::Bytes::copy_from_slice(k.as_bytes())),
-            value,
+            value: value.into(),
             operation: Operation::Upsert,
             meta: Metadata::default(),
         }

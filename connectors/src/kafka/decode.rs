@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use feedline_engine::{Event, Metadata, Operation};
+use feedline_engine::{Event, Metadata, Operation, Payload};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use serde_json::Value;
 
@@ -42,26 +42,28 @@ pub fn to_event(msg: &BorrowedMessage<'_>, decoding: Decoding, origin: &Origin) 
     };
     let key = msg.key().map(Bytes::copy_from_slice);
     let Some(payload) = msg.payload() else {
-        return (Event { key, value: Value::Null, operation: Operation::Delete, meta }, None);
+        return (Event { key, value: Payload::default(), operation: Operation::Delete, meta }, None);
     };
     match decode(payload, decoding) {
         Ok(value) => (Event { key, value, operation: Operation::Upsert, meta }, None),
         Err(reason) => {
-            let raw = Value::String(String::from_utf8_lossy(payload).into_owned());
+            let raw = Value::String(String::from_utf8_lossy(payload).into_owned()).into();
             (Event { key, value: raw, operation: Operation::Upsert, meta }, Some(reason))
         }
     }
 }
 
-/// Decode a record value.
-pub fn decode(payload: &[u8], decoding: Decoding) -> Result<Value, String> {
+/// Decode a record value. JSON is validated and kept as text: stages that read it parse it once,
+/// and a sink that writes it unchanged sends the same bytes.
+pub fn decode(payload: &[u8], decoding: Decoding) -> Result<Payload, String> {
     match decoding {
-        Decoding::Json => serde_json::from_slice(payload).map_err(|e| format!("invalid JSON: {e}")),
+        Decoding::Json => Payload::from_json_bytes(Bytes::copy_from_slice(payload))
+            .map_err(|e| format!("invalid JSON: {e}")),
         Decoding::String => match std::str::from_utf8(payload) {
-            Ok(s) => Ok(Value::String(s.to_owned())),
+            Ok(s) => Ok(Value::String(s.to_owned()).into()),
             Err(e) => Err(format!("invalid UTF-8: {e}")),
         },
-        Decoding::Bytes => Ok(Value::String(base64(payload))),
+        Decoding::Bytes => Ok(Value::String(base64(payload)).into()),
     }
 }
 
@@ -90,6 +92,8 @@ mod tests {
     #[test]
     fn decodes_each_way_and_explains_failures() {
         assert_eq!(decode(br#"{"a":1}"#, Decoding::Json).unwrap(), serde_json::json!({"a": 1}));
+        let kept = decode(b"{\"a\": 1 }", Decoding::Json).unwrap();
+        assert_eq!(kept.raw().map(|b| &b[..]), Some(&b"{\"a\": 1 }"[..]), "JSON stays text until read");
         assert!(decode(b"{nope", Decoding::Json).unwrap_err().starts_with("invalid JSON"));
         assert_eq!(decode(b"hi", Decoding::String).unwrap(), Value::String("hi".into()));
         assert!(decode(&[0xff], Decoding::String).unwrap_err().starts_with("invalid UTF-8"));

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use feedline_engine::{lookup, ComponentError, Event, Operation, Sink, WriteResult};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -118,10 +119,13 @@ impl KafkaSink {
         let topic = self.topic_for(event)?;
         let key = self.key_for(event);
         // A delete without a value is a tombstone; everything else is the event's JSON.
-        let payload: Option<Vec<u8>> = match (&event.value, event.operation) {
-            (Value::Null, Operation::Delete) => None,
-            (value, _) => Some(
-                serde_json::to_vec(value)
+        // Unchanged input text is sent as it was read, without a parse or a serialisation.
+        let payload: Option<Bytes> = match event.operation {
+            Operation::Delete if event.value.is_null() => None,
+            _ => Some(
+                event
+                    .value
+                    .to_json_bytes()
                     .map_err(|e| ComponentError::reject(format!("cannot serialize: {e}")))?,
             ),
         };
@@ -299,7 +303,7 @@ mod tests {
         e.meta.route = Some("override".into());
         assert_eq!(s.topic_for(&e).unwrap(), "override", "a transform's route wins");
         e.meta.route = None;
-        e.value = serde_json::json!({"a": {"id": "x"}});
+        e.value = serde_json::json!({"a": {"id": "x"}}).into();
         assert_eq!(s.topic_for(&e).unwrap_err().class, ErrorClass::Reject);
         assert_eq!(s.key_for(&e).as_deref(), Some(&b"x"[..]));
 

@@ -54,7 +54,12 @@ pub fn envelope(pipeline: &str, r: &Rejected) -> Event {
         "event": r.event.value,
         "rejected_at_ms": now_ms,
     });
-    Event { key: r.event.key.clone(), value, operation: r.event.operation, meta: r.event.meta.clone() }
+    Event {
+        key: r.event.key.clone(),
+        value: value.into(),
+        operation: r.event.operation,
+        meta: r.event.meta.clone(),
+    }
 }
 
 /// Forward rejections (in small batches) to the dead-letter driver until every sender is gone.

@@ -77,8 +77,14 @@ impl Encoded {
             }
             let len_at = self.body.len();
             self.body.extend_from_slice(&[0; 4]);
-            // Serializing a `Value` into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut self.body, &e.value);
+            match e.value.raw() {
+                // Text as the source read it: the guest parses it anyway, so no round trip here.
+                Some(raw) => self.body.extend_from_slice(raw),
+                // Serializing a `Value` into a Vec cannot fail.
+                None => {
+                    let _ = serde_json::to_writer(&mut self.body, &e.value);
+                }
+            }
             let len = (self.body.len() - len_at - 4) as u32;
             self.body[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
         }

@@ -5,7 +5,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use feedline_engine::{Event, Output, Transform};
+use feedline_engine::{Event, Output, Payload, Transform};
 use serde_json::Value;
 
 use super::abi::{decode_filter, decode_map, Change, Encoded, Malformed, Patch};
@@ -134,7 +134,9 @@ impl WasmTransform {
                 let mut values = Vec::with_capacity(a.outputs.len());
                 let mut bad: Vec<(usize, String)> = Vec::new();
                 for o in &a.outputs {
-                    let v = o.value.map(serde_json::from_slice::<Value>).transpose().unwrap_or_else(|e| {
+                    // Validated, not parsed: a value no later stage reads goes out as the guest wrote it.
+                    let v = o.value.map(|json| Payload::from_json_bytes(Bytes::copy_from_slice(json)));
+                    let v = v.transpose().unwrap_or_else(|e| {
                         bad.push((o.index, format!("guest emitted invalid JSON: {e}")));
                         None
                     });

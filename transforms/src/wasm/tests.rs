@@ -85,7 +85,7 @@ fn run(t: &mut dyn Transform, input: Vec<Event>) -> (Vec<Event>, Vec<(Event, Str
 }
 
 fn values(events: &[Event]) -> Vec<Value> {
-    events.iter().map(|e| e.value.clone()).collect()
+    events.iter().map(|e| Value::clone(&e.value)).collect()
 }
 
 fn misbehave(mode: &str) -> WasmConfig {

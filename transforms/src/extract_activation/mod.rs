@@ -18,7 +18,12 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use feedline_engine::{BuildContext, ComponentError, Event, Operation, Output, Transform, TransformConfig};
+use feedline_engine::{
+    BuildContext, ComponentError, Event, Operation, Output, Payload, Transform, TransformConfig,
+};
+use text::TextVerdict;
+
+mod text;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -169,6 +174,21 @@ fn classify(message: &Value) -> Verdict {
 }
 
 impl ExtractActivation {
+    /// The text path's answer for a message that is still unparsed JSON text (or a string value
+    /// holding it); `None` sends it down the tree path.
+    fn text_verdict(&self, event: &Event) -> Option<TextVerdict> {
+        let text: &[u8] = match event.value.raw() {
+            // Already parsed by an earlier stage: the tree is there, use it.
+            Some(_) if event.value.is_parsed() => return None,
+            Some(raw) => raw,
+            None => match &*event.value {
+                Value::String(text) => text.as_bytes(),
+                _ => return None,
+            },
+        };
+        text::extract(text, self.keep_logs, self.now)
+    }
+
     /// Turn a message that `classify` accepted into the activation document and its `_id`.
     fn document(&self, message: Value) -> (Value, String) {
         let mut activation = match message {
@@ -197,6 +217,13 @@ impl ExtractActivation {
     }
 }
 
+/// Emit the document, keyed by its `_id` so document sinks write idempotently.
+fn emit_document(mut event: Event, id: String, out: &mut Output) {
+    event.key = Some(Bytes::from(id.into_bytes()));
+    event.operation = Operation::Upsert;
+    out.emit(event);
+}
+
 impl Transform for ExtractActivation {
     fn transform_batch(&mut self, events: Vec<Event>, out: &mut Output) {
         self.now = (self.clock)();
@@ -207,7 +234,15 @@ impl Transform for ExtractActivation {
     }
 
     fn transform(&mut self, mut event: Event, out: &mut Output) {
-        let parsed = match &event.value {
+        match self.text_verdict(&event) {
+            Some(TextVerdict::Skip) => return,
+            Some(TextVerdict::Store { doc, id }) => {
+                event.value = Payload::from_validated_json(Bytes::from(doc));
+                return emit_document(event, id, out);
+            }
+            None => {}
+        }
+        let parsed = match &*event.value {
             Value::String(text) => match serde_json::from_str::<Value>(text) {
                 Ok(v) => Some(v),
                 Err(e) => return out.reject(event, format!("not JSON: {e}")),
@@ -219,12 +254,10 @@ impl Transform for ExtractActivation {
             Verdict::Skip => {}
             Verdict::Reject(reason) => out.reject(event, reason),
             Verdict::Store => {
-                let message = parsed.unwrap_or_else(|| std::mem::take(&mut event.value));
+                let message = parsed.unwrap_or_else(|| std::mem::take(&mut event.value).into_value());
                 let (doc, id) = self.document(message);
-                event.value = doc;
-                event.key = Some(Bytes::from(id.into_bytes()));
-                event.operation = Operation::Upsert;
-                out.emit(event);
+                event.value = doc.into();
+                emit_document(event, id, out);
             }
         }
     }
@@ -253,14 +286,34 @@ mod tests {
             "start":1571600000100_i64,"subject":"guest","version":"0.0.1"})
     }
 
-    fn run_with(keep_logs: bool, values: Vec<Value>) -> Output {
+    fn run_payloads(keep_logs: bool, payloads: Vec<Payload>) -> Output {
         let mut t = ExtractActivation { keep_logs, clock: Box::new(|| NOW), now: 0 };
         let mut out = Output::default();
         t.transform_batch(
-            values.into_iter().map(|v| Event::new(v, Metadata::from_source("t"))).collect(),
+            payloads.into_iter().map(|v| Event::new(v, Metadata::from_source("t"))).collect(),
             &mut out,
         );
         out
+    }
+
+    fn run_with(keep_logs: bool, values: Vec<Value>) -> Output {
+        run_payloads(keep_logs, values.into_iter().map(Payload::from).collect())
+    }
+
+    /// The same messages as unparsed JSON text, the way the Kafka source hands them over.
+    fn run_text(keep_logs: bool, values: &[Value]) -> Output {
+        let text = |v: &Value| Payload::from_json_bytes(Bytes::from(v.to_string())).unwrap();
+        run_payloads(keep_logs, values.iter().map(text).collect())
+    }
+
+    /// An emitted event's value, key and operation.
+    type Emitted = (Value, Option<String>, Operation);
+
+    /// Everything observable about an output: what was emitted, then the rejection reasons.
+    fn observed(out: &Output) -> (Vec<Emitted>, Vec<String>) {
+        let emitted =
+            out.emitted().map(|e| (Value::clone(&e.value), e.key_str().map(str::to_owned), e.operation));
+        (emitted.collect(), reasons(out))
     }
 
     fn run(values: Vec<Value>) -> Output {
@@ -287,7 +340,7 @@ mod tests {
         a["cause"] = json!("fedcba9876543210fedcba9876543210");
         let msg = json!({"instance":{"instance":0,"instanceType":"invoker"},"isSystemError":false,"response":a,"transid":"?"});
         let out = run(vec![msg]);
-        let doc = out.emitted().next().map(|e| e.value.clone()).unwrap_or_default();
+        let doc = out.emitted().next().map(|e| Value::clone(&e.value)).unwrap_or_default();
         assert_eq!(doc["cause"], json!("fedcba9876543210fedcba9876543210"));
         assert_eq!(doc["_id"], json!("guest/0123456789abcdef0123456789abcdef"));
     }
@@ -308,11 +361,11 @@ mod tests {
     fn string_values_are_parsed_or_rejected() {
         let text = json!({"response": activation(), "transid": 42}).to_string();
         let out = run(vec![Value::String(text), json!("{not json"), json!("\"just a string\"")]);
-        assert_eq!(out.emitted().map(|e| e.value.clone()).collect::<Vec<_>>(), vec![expected_doc()]);
+        assert_eq!(out.emitted().map(|e| Value::clone(&e.value)).collect::<Vec<_>>(), vec![expected_doc()]);
         let r = reasons(&out);
         assert!(r[0].starts_with("not JSON"), "{r:?}");
         assert_eq!(r[1], "message is not a JSON object, got a string");
-        let first = out.rejections().next().map(|(e, _)| e.value.clone());
+        let first = out.rejections().next().map(|(e, _)| Value::clone(&e.value));
         assert_eq!(first, Some(json!("{not json")), "rejected events keep their original value");
     }
 
@@ -364,7 +417,7 @@ mod tests {
         let mut a = activation();
         a["response"] = json!({"statusCode": 1});
         let out = run_with(false, vec![json!({"response": a})]);
-        let doc = out.emitted().next().map(|e| e.value.clone()).unwrap_or_default();
+        let doc = out.emitted().next().map(|e| Value::clone(&e.value)).unwrap_or_default();
         assert_eq!(doc["logs"], json!([]));
         assert_eq!(doc["response"], json!({"statusCode": 1}));
     }
@@ -382,6 +435,65 @@ mod tests {
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert!(out.emitted().all(|e| e.value["updated"] == json!(0)));
         assert!(now_ms() > 1_600_000_000_000);
+    }
+
+    #[test]
+    fn text_and_tree_paths_agree_on_every_form() {
+        let mut combined = activation();
+        combined["cause"] = json!("c");
+        let mut no_logs = activation();
+        no_logs.as_object_mut().map(|a| a.remove("logs"));
+        let mut bad_status = activation();
+        bad_status["response"] = json!({"statusCode": "0"});
+        let messages = vec![
+            json!({"response": activation(), "transid": ["tid123", 1571600000000_i64]}),
+            json!({"instance": {"instance": 0}, "response": combined, "transid": "?"}),
+            json!({"response": "0123456789abcdef0123456789abcdef"}),
+            json!({"activationId": "0123", "instance": {"instance": 0}}),
+            json!({"activationId": "0123", "invoker": {"instance": 0}}),
+            json!({"response": no_logs}),
+            json!({"response": bad_status}),
+            json!({"response": 5}),
+            json!({"response": null, "instance": {"instance": 0}}),
+            json!({"response": [1, {"a": 2}], "invoker": 0}),
+            json!({"transid": ["x"]}),
+            json!([1, 2]),
+            json!("{\"response\": 1}"),
+            json!(null),
+        ];
+        for keep_logs in [true, false] {
+            let tree = observed(&run_with(keep_logs, messages.clone()));
+            let text = observed(&run_text(keep_logs, &messages));
+            assert_eq!(text, tree, "keep_logs = {keep_logs}");
+            assert_eq!((text.0.len(), text.1.len()), (2, 9), "2 documents, 3 skipped, 9 rejected");
+        }
+    }
+
+    #[test]
+    fn text_path_writes_text_without_building_a_tree() {
+        let out = run_text(true, &[json!({"response": activation()})]);
+        let doc = out.emitted().next().map(|e| e.value.clone()).unwrap_or_default();
+        assert!(!doc.is_parsed(), "the document was written as text, not as a tree");
+        let bytes = doc.to_json_bytes().unwrap();
+        assert_eq!(bytes, serde_json::to_vec(&expected_doc()).unwrap(), "same text as the tree path");
+    }
+
+    #[test]
+    fn text_path_keeps_odd_but_valid_input_exact() {
+        // Pretty-printed, a duplicate key (the last wins) and an escaped key and value.
+        let text = r#"{ "response" : {
+            "activationId": "0123456789abcdef0123456789abcdef", "annotations": [ ], "end": 2,
+            "logs": ["a\nb"], "name": "x", "namespace": "gu\u0065st", "publish": true, "start": 1e0,
+            "subject": "s", "version": "0.0.1", "name": "hello",
+            "response": {"statusCode": 0, "result": {"k\"ey": [1, 2.50]}, "extra": null} } }"#;
+        let out = run_payloads(true, vec![Payload::from_json_bytes(Bytes::from(text)).unwrap()]);
+        let doc = out.emitted().next().map(|e| Value::clone(&e.value)).unwrap_or_default();
+        let want: Value = serde_json::from_str(text).unwrap();
+        let tree = observed(&run_with(true, vec![want]));
+        assert_eq!(doc, tree.0[0].0);
+        assert_eq!(doc["name"], json!("hello"));
+        assert_eq!(doc["_id"], json!("guest/0123456789abcdef0123456789abcdef"));
+        assert_eq!(doc["response"], json!({"statusCode": 0, "result": {"k\"ey": [1, 2.5]}}));
     }
 
     #[test]
