@@ -111,7 +111,7 @@ pub struct SourceContext {
     pub metrics: ComponentMetrics,
     /// Directory of the pipeline file, for relative paths.
     pub base_dir: PathBuf,
-    pub(crate) out: mpsc::Sender<Batch>,
+    pub(crate) out: crate::runtime::downstream::Downstream,
     pub(crate) dead_letter: mpsc::Sender<Rejected>,
     pub(crate) telemetry: StageTelemetry,
 }
@@ -137,7 +137,7 @@ impl SourceContext {
         self.metrics.events_out.inc_by(n as u64);
         let spans = SourceSpans::start(&self.telemetry, &mut batch.events);
         let span = self.telemetry.batch_span(n);
-        let result = self.out.send(batch).instrument(span.clone()).await.map_err(|_| Closed);
+        let result = self.out.send(batch).instrument(span.clone()).await;
         let outcome = if result.is_ok() { "sent" } else { "closed" };
         span.record("feedline.outcome", outcome);
         if let Some(spans) = spans {

@@ -1,14 +1,17 @@
-//! Running pipelines: one task per source, one for the transform chain, one driver per sink and
-//! one for the dead-letter sink, joined by bounded channels.
+//! Running pipelines: one task per source (which also runs the transform chain, see
+//! [`downstream`]), one driver per sink and one for the dead-letter sink, joined by bounded
+//! channels.
 //!
 //! Shutdown order is the delivery contract: the source stops reading, waits for its in-flight
-//! events (bounded by the drain timeout) and commits; its channel closes, which ends the chain,
-//! which ends the sink drivers after their last writes, which ends the dead-letter driver. Tasks
+//! events (bounded by the drain timeout) and commits; when it returns, its context and with it
+//! the sink channels' senders are dropped, which ends the sink drivers after their last writes,
+//! which ends the dead-letter driver. Tasks
 //! still running at the hard deadline are aborted: their events stay unacknowledged and are read
 //! again after a restart.
 
 mod chain;
 mod dead_letter;
+pub(crate) mod downstream;
 mod sink_driver;
 
 use std::path::PathBuf;
@@ -21,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use chain::{run_chain, ChainStage, TransformPanic};
 pub use dead_letter::{default_path as default_dead_letter_path, envelope as dead_letter_envelope};
+use downstream::Downstream;
 
 use crate::checkpoint::CheckpointStore;
 use crate::component::{Batch, ComponentError, ErrorClass, Rejected, SourceContext};
@@ -215,15 +219,8 @@ pub async fn run_pipeline_traced(
         tasks.spawn(driver.run(rx));
     }
     tasks.spawn(dead_letter::run(dl_driver, dl_rx, name.clone()));
-    let (src_tx, src_rx) = mpsc::channel::<Batch>(4);
-    tasks.spawn(run_transforms(
-        stages,
-        src_rx,
-        sink_txs,
-        dl_tx.clone(),
-        shared.fatal.clone(),
-        shared.fatal_reason.clone(),
-    ));
+    let downstream =
+        Downstream::new(stages, sink_txs, dl_tx.clone(), shared.fatal.clone(), shared.fatal_reason.clone());
 
     let ctx = SourceContext {
         pipeline: name.clone(),
@@ -233,7 +230,7 @@ pub async fn run_pipeline_traced(
         checkpoints: CheckpointStore::new(&shared.options.data_dir, &name, &source_id),
         metrics: shared.metrics.component(&name, &source_id, "source"),
         base_dir: def.base_dir.clone(),
-        out: src_tx,
+        out: downstream,
         dead_letter: dl_tx,
         telemetry: shared.stage(&source_id, &def.source.type_name, Role::Source),
     };
@@ -281,51 +278,6 @@ async fn start_sink(
                 }
             }
             Err(e) => return Err(e),
-        }
-    }
-}
-
-async fn run_transforms(
-    mut stages: Vec<ChainStage>,
-    mut rx: mpsc::Receiver<Batch>,
-    sinks: Vec<mpsc::Sender<Batch>>,
-    dead_letter: mpsc::Sender<Rejected>,
-    fatal: CancellationToken,
-    fatal_reason: Arc<Mutex<Option<String>>>,
-) {
-    while let Some(batch) = rx.recv().await {
-        let (out, rejected) = match run_chain(&mut stages, batch) {
-            Ok(r) => r,
-            Err(panic) => {
-                tracing::error!(error = %panic, "transform panicked; stopping the pipeline");
-                if let Ok(mut r) = fatal_reason.lock() {
-                    r.get_or_insert(panic.to_string());
-                }
-                fatal.cancel();
-                return;
-            }
-        };
-        for r in rejected {
-            if dead_letter.send(r).await.is_err() {
-                return;
-            }
-        }
-        if out.is_empty() {
-            continue;
-        }
-        // Fan-out: every sink but the last gets a copy; each copy holds its own token shares.
-        let (last, rest) = match sinks.split_last() {
-            Some(x) => x,
-            None => continue,
-        };
-        for tx in rest {
-            let copy = Batch { events: out.events.clone(), acks: out.acks.clone() };
-            if tx.send(copy).await.is_err() {
-                return;
-            }
-        }
-        if last.send(out).await.is_err() {
-            return;
         }
     }
 }

@@ -177,16 +177,16 @@ impl ExtractActivation {
     /// The text path's answer for a message that is still unparsed JSON text (or a string value
     /// holding it); `None` sends it down the tree path.
     fn text_verdict(&self, event: &Event) -> Option<TextVerdict> {
-        let text: &[u8] = match event.value.raw() {
+        let (text, validated): (&[u8], bool) = match event.value.raw() {
             // Already parsed by an earlier stage: the tree is there, use it.
             Some(_) if event.value.is_parsed() => return None,
-            Some(raw) => raw,
+            Some(raw) => (raw, true),
             None => match &*event.value {
-                Value::String(text) => text.as_bytes(),
+                Value::String(text) => (text.as_bytes(), false),
                 _ => return None,
             },
         };
-        text::extract(text, self.keep_logs, self.now)
+        text::extract(text, validated, self.keep_logs, self.now)
     }
 
     /// Turn a message that `classify` accepted into the activation document and its `_id`.
