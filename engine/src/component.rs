@@ -122,7 +122,8 @@ pub struct SourceContext {
 pub struct Closed;
 
 impl SourceContext {
-    /// Hand a batch downstream; waits while downstream is full (backpressure).
+    /// Hand a batch downstream: the transform chain runs here, on the caller's task, then the
+    /// result goes to every sink; waits while a sink is full (backpressure).
     ///
     /// This is also where tracing starts: a `source.<type>` batch span covers the hand-off, and
     /// each event whose context the sampler keeps gets a per-event span (see

@@ -5,9 +5,8 @@
 //! Shutdown order is the delivery contract: the source stops reading, waits for its in-flight
 //! events (bounded by the drain timeout) and commits; when it returns, its context and with it
 //! the sink channels' senders are dropped, which ends the sink drivers after their last writes,
-//! which ends the dead-letter driver. Tasks
-//! still running at the hard deadline are aborted: their events stay unacknowledged and are read
-//! again after a restart.
+//! which ends the dead-letter driver. Tasks still running at the hard deadline are aborted: their
+//! events stay unacknowledged and are read again after a restart.
 
 mod chain;
 mod dead_letter;
