@@ -122,8 +122,9 @@ pub struct SourceContext {
 pub struct Closed;
 
 impl SourceContext {
-    /// Hand a batch downstream: the transform chain runs here, on the caller's task, then the
-    /// result goes to every sink; waits while a sink is full (backpressure).
+    /// Hand a batch downstream: to the transform chain (run right here or on its own task, per
+    /// [`Source::chain_placement`]) and then to every sink; waits while the next stage is full
+    /// (backpressure).
     ///
     /// This is also where tracing starts: a `source.<type>` batch span covers the hand-off, and
     /// each event whose context the sampler keeps gets a per-event span (see
@@ -174,6 +175,22 @@ pub trait Source: Send {
     /// Read, send batches, commit positions that became committable; on `ctx.shutdown`, stop
     /// reading, wait (at most `ctx.drain_timeout`) for in-flight events, commit, return.
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ComponentError>;
+
+    /// Where the transform chain should run for this source (see [`ChainPlacement`]).
+    fn chain_placement(&self) -> ChainPlacement {
+        ChainPlacement::OwnTask
+    }
+}
+
+/// Where a pipeline's transform chain runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainPlacement {
+    /// On a task of its own, fed through a channel: a source that is busy reading and parsing
+    /// (a file, the generator) gets a second core for the transforms.
+    OwnTask,
+    /// Inside `SourceContext::send`, on the source's task: for sources that mostly wait on the
+    /// network (Kafka, CouchDB, Cosmos DB), where one hop less and hot caches beat pipelining.
+    SourceTask,
 }
 
 /// Where a transform puts its results.

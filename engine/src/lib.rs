@@ -36,8 +36,8 @@ pub mod testing;
 
 pub use ack::{AckToken, Tracker};
 pub use component::{
-    same_result, Batch, Closed, ComponentError, ErrorClass, Output, Sink, Source, SourceContext, Transform,
-    WriteResult,
+    same_result, Batch, ChainPlacement, Closed, ComponentError, ErrorClass, Output, Sink, Source,
+    SourceContext, Transform, WriteResult,
 };
 pub use event::{lookup, Event, Metadata, Operation};
 pub use payload::Payload;

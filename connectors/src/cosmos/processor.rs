@@ -24,7 +24,7 @@ use azure_data_cosmos::clients::{ContainerClient, DatabaseClient};
 use azure_data_cosmos::models::ContainerProperties;
 use azure_data_cosmos::options::ReadFeedRangesOptions;
 use azure_data_cosmos::CosmosClient;
-use feedline_engine::{ComponentError, ErrorClass, Source, SourceContext};
+use feedline_engine::{ChainPlacement, ComponentError, ErrorClass, Source, SourceContext};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -436,6 +436,11 @@ where
 
 #[async_trait]
 impl Source for CosmosChangeFeedSource {
+    /// Waits on change-feed pages: transforms run on this task.
+    fn chain_placement(&self) -> ChainPlacement {
+        ChainPlacement::SourceTask
+    }
+
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ComponentError> {
         let connection = Connection::of_source(&self.config, &self.base_dir);
         let client = match self.client.clone() {

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use feedline_engine::{Batch, Closed, ComponentError, ErrorClass, Source, SourceContext, Tracker};
+use feedline_engine::{
+    Batch, ChainPlacement, Closed, ComponentError, ErrorClass, Source, SourceContext, Tracker,
+};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::Method;
 use serde_json::Value;
@@ -366,6 +368,11 @@ impl Backoff {
 
 #[async_trait]
 impl Source for ChangesSource {
+    /// Waits on the `_changes` feed: transforms run on this task.
+    fn chain_placement(&self) -> ChainPlacement {
+        ChainPlacement::SourceTask
+    }
+
     async fn run(mut self: Box<Self>, ctx: SourceContext) -> Result<(), ComponentError> {
         let Some(since) = self.initial_since(&ctx).await? else { return Ok(()) };
         let mut run = Run {

@@ -16,7 +16,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use feedline_engine::{AckToken, Batch, Closed, ComponentError, Event, Source, SourceContext};
+use feedline_engine::{
+    AckToken, Batch, ChainPlacement, Closed, ComponentError, Event, Source, SourceContext,
+};
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -36,6 +38,12 @@ pub struct KafkaSource {
 
 #[async_trait]
 impl Source for KafkaSource {
+    /// Waits on librdkafka, not on CPU: transforming on this task saves a hop (the engine's
+    /// `downstream` module has the figures).
+    fn chain_placement(&self) -> ChainPlacement {
+        ChainPlacement::SourceTask
+    }
+
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ComponentError> {
         let state = SharedAssignment::default();
         let context = GroupContext {

@@ -1,11 +1,11 @@
-//! Running pipelines: one task per source (which also runs the transform chain, see
-//! [`downstream`]), one driver per sink and one for the dead-letter sink, joined by bounded
-//! channels.
+//! Running pipelines: one task per source, the transform chain on the source's task or on one of
+//! its own (see [`downstream`]), one driver per sink and one for the dead-letter sink, joined by
+//! bounded channels.
 //!
 //! Shutdown order is the delivery contract: the source stops reading, waits for its in-flight
-//! events (bounded by the drain timeout) and commits; when it returns, its context and with it
-//! the sink channels' senders are dropped, which ends the sink drivers after their last writes,
-//! which ends the dead-letter driver. Tasks still running at the hard deadline are aborted: their
+//! events (bounded by the drain timeout) and commits; when it returns its context is dropped and
+//! with it the next channel's sender, which ends the chain task (if any), which ends the sink
+//! drivers after their last writes, which ends the dead-letter driver. Tasks still running at the hard deadline are aborted: their
 //! events stay unacknowledged and are read again after a restart.
 
 mod chain;
@@ -218,8 +218,15 @@ pub async fn run_pipeline_traced(
         tasks.spawn(driver.run(rx));
     }
     tasks.spawn(dead_letter::run(dl_driver, dl_rx, name.clone()));
-    let downstream =
-        Downstream::new(stages, sink_txs, dl_tx.clone(), shared.fatal.clone(), shared.fatal_reason.clone());
+    let downstream = Downstream::new(
+        source.chain_placement(),
+        stages,
+        sink_txs,
+        dl_tx.clone(),
+        shared.fatal.clone(),
+        shared.fatal_reason.clone(),
+        &mut tasks,
+    );
 
     let ctx = SourceContext {
         pipeline: name.clone(),
