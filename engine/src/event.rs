@@ -104,3 +104,15 @@ pub fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
         value.get(path)
     }
 }
+
+/// A value's JSON type with its article, for error messages ("got an array").
+pub fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

@@ -39,7 +39,7 @@ pub use component::{
     same_result, Batch, ChainPlacement, Closed, ComponentError, ErrorClass, Output, Sink, Source,
     SourceContext, Transform, WriteResult,
 };
-pub use event::{lookup, Event, Metadata, Operation};
+pub use event::{kind_of, lookup, Event, Metadata, Operation};
 pub use payload::Payload;
 pub use registry::{
     BuildContext, CheckContext, ConfigProblem, Registry, SinkConfig, SourceConfig, TransformConfig,

@@ -24,7 +24,8 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use feedline_engine::{
-    BuildContext, CheckContext, ComponentError, ConfigProblem, Event, Output, Transform, TransformConfig,
+    kind_of, BuildContext, CheckContext, ComponentError, ConfigProblem, Event, Output, Transform,
+    TransformConfig,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -213,17 +214,6 @@ fn parent(path: &str, depth: usize) -> String {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// A canonical array index (no sign, no leading zeros).
 fn index(token: &str) -> Option<usize> {
     if token.len() > 1 && token.starts_with('0') {
@@ -287,7 +277,7 @@ fn put(root: &mut Value, p: &Pointer, value: Value, insert: bool) -> Result<(), 
                 Some(next) => next,
                 None => return Err(((depth, SHORT_ARRAY), value)),
             },
-            other => return Err(((depth, kind(other)), value)),
+            other => return Err(((depth, kind_of(other)), value)),
         };
     }
     let depth = parents.len();
@@ -314,7 +304,7 @@ fn put(root: &mut Value, p: &Pointer, value: Value, insert: bool) -> Result<(), 
             }
             Ok(())
         }
-        other => Err(((depth, kind(other)), value)),
+        other => Err(((depth, kind_of(other)), value)),
     }
 }
 
@@ -332,7 +322,7 @@ fn text<'v, 'a>(root: &'v Value, p: &'a Pointer) -> Result<Cow<'v, str>, EditErr
         Some(Value::String(s)) => Ok(Cow::Borrowed(s)),
         Some(Value::Number(n)) => Ok(Cow::Owned(n.to_string())),
         Some(Value::Bool(b)) => Ok(Cow::Borrowed(if *b { "true" } else { "false" })),
-        Some(other) => Err(EditError::NotText { path: &p.text, found: kind(other) }),
+        Some(other) => Err(EditError::NotText { path: &p.text, found: kind_of(other) }),
         None => Err(EditError::Missing(&p.text)),
     }
 }

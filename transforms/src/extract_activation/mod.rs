@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use feedline_engine::{
-    BuildContext, ComponentError, Event, Operation, Output, Payload, Transform, TransformConfig,
+    kind_of, BuildContext, ComponentError, Event, Operation, Output, Payload, Transform, TransformConfig,
 };
 use text::TextVerdict;
 
@@ -101,17 +101,6 @@ enum Verdict {
     Reject(String),
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 fn has_kind(v: &Value, kind: Kind) -> bool {
     matches!(
         (kind, v),
@@ -126,7 +115,7 @@ fn has_kind(v: &Value, kind: Kind) -> bool {
 /// Classify a message without changing it.
 fn classify(message: &Value) -> Verdict {
     let Value::Object(msg) = message else {
-        return Verdict::Reject(format!("message is not a JSON object, got {}", type_name(message)));
+        return Verdict::Reject(format!("message is not a JSON object, got {}", kind_of(message)));
     };
     let activation = match msg.get("response") {
         Some(Value::Object(a)) => a,
@@ -140,7 +129,7 @@ fn classify(message: &Value) -> Verdict {
         Some(other) => {
             return Verdict::Reject(format!(
                 "`response` must be an activation object or an activation id, got {}",
-                type_name(other)
+                kind_of(other)
             ))
         }
     };
@@ -162,12 +151,12 @@ fn classify(message: &Value) -> Verdict {
         ));
     }
     if let Some((field, v)) = mistyped {
-        return Verdict::Reject(format!("activation field `{field}` must not be {}", type_name(v)));
+        return Verdict::Reject(format!("activation field `{field}` must not be {}", kind_of(v)));
     }
     match activation.get("response").and_then(|r| r.get("statusCode")) {
         Some(Value::Number(_)) => Verdict::Store,
         Some(v) => {
-            Verdict::Reject(format!("activation field `response.statusCode` must not be {}", type_name(v)))
+            Verdict::Reject(format!("activation field `response.statusCode` must not be {}", kind_of(v)))
         }
         None => Verdict::Reject("activation is missing required field `response.statusCode`".into()),
     }
