@@ -63,12 +63,47 @@ type = "blackhole"
     )
 }
 
-/// Peak resident set size of this process in MiB (Linux), if known.
-fn peak_rss_mib() -> Option<f64> {
+/// A memory figure of this process from `/proc/self/status` in MiB (Linux), if known:
+/// `"VmRSS"` (resident now), `"VmHWM"` (peak resident).
+pub fn status_mib(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// CPU time (user + system) this process has used so far, from `/proc/self/stat` (Linux; the
+/// kernel reports it in USER_HZ = 100 ticks per second). `None` elsewhere.
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// The median (the mean of the middle two for an even count); NaN for none.
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => f64::NAN,
+        n if !n.is_multiple_of(2) => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}
+
+/// Wait (up to 30 s) until a server started for a bench accepts TCP connections at `addr`.
+pub fn wait_accepting(addr: &str, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            anyhow::bail!("{what} did not accept connections on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 fn baseline(events: u64) -> anyhow::Result<Duration> {
@@ -114,7 +149,7 @@ pub fn run(events: u64) -> anyhow::Result<ExitCode> {
     let dir = std::env::temp_dir().join(format!("feedline-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (engine, _) = time_pipeline(&dir, &pipeline_toml("bench", events))?;
-    let rss = peak_rss_mib();
+    let rss = status_mib("VmHWM");
     let base = baseline(events)?;
     let _ = std::fs::remove_dir_all(&dir);
     let rate = |d: Duration| events as f64 / d.as_secs_f64();

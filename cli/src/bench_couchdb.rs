@@ -11,7 +11,7 @@
 //! Without `--url` a pouchdb-server is started (in memory, on a free 127.0.0.1 port) from
 //! `FEEDLINE_POUCHDB` or where `scripts/install-pouchdb.sh` installs it.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -73,13 +73,7 @@ impl Server {
             .spawn()
             .with_context(|| format!("spawn {}", bin.display()))?;
         let server = Server { child, url: format!("http://127.0.0.1:{port}"), dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("pouchdb-server did not come up on port {port}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::bench::wait_accepting(&format!("127.0.0.1:{port}"), "pouchdb-server")?;
         Ok(server)
     }
 }

@@ -15,7 +15,7 @@
 //! that long). The feedline pipe never pauses partitions here (tansu resumes a paused partition
 //! past the rest of a record batch; this is a throughput run, not a delivery test).
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,6 +35,8 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
+
+use crate::bench::median;
 
 const PARTITIONS: i32 = 4;
 const FETCH_WAIT_MS: &str = "10";
@@ -66,13 +68,7 @@ impl Tansu {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let broker = Tansu { child, brokers: format!("127.0.0.1:{port}") };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&broker.brokers).is_err() {
-            if Instant::now() > deadline {
-                bail!("tansu did not accept connections on {}", broker.brokers);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::bench::wait_accepting(&broker.brokers, "tansu")?;
         Ok(broker)
     }
 }
@@ -176,27 +172,6 @@ fn fill(brokers: &str, topic: &str, events: u64) -> anyhow::Result<usize> {
     Ok(bytes / events.max(1) as usize)
 }
 
-/// Resident set size of this process in MiB.
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .unwrap_or(f64::NAN);
-    kib / 1024.0
-}
-
-/// CPU time (user + system) this process has used, in seconds; the broker runs in its own
-/// process, so a pipe's share is the difference across its run.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name: state is the 3rd field, utime the 14th.
-    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, r)| r.split(' ').collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(f64::NAN);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// One pipe's run: wall time and CPU seconds used by this process meanwhile.
 #[derive(Clone, Copy)]
 struct Run {
@@ -205,18 +180,10 @@ struct Run {
 }
 
 fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, f64)> {
-    let before = cpu_seconds();
+    let before = crate::bench::cpu_seconds();
     let out = f()?;
-    Ok((out, cpu_seconds() - before))
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    match xs.len() {
-        0 => f64::NAN,
-        n if !n.is_multiple_of(2) => xs[n / 2],
-        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
-    }
+    let used = crate::bench::cpu_seconds().zip(before).map(|(after, before)| after - before);
+    Ok((out, used.unwrap_or(f64::NAN)))
 }
 
 /// Raw pipe: poll → produce the same bytes, until `events` are acknowledged.
@@ -298,7 +265,7 @@ fn feedline_pipe(
             stop.cancel();
             bail!("feedline pipe delivered only {} of {events}", delivered.get());
         }
-        rss = rss.max(rss_mib());
+        rss = rss.max(crate::bench::status_mib("VmRSS").unwrap_or(f64::NAN));
         std::thread::sleep(Duration::from_millis(2));
     }
     let elapsed = started.elapsed();
@@ -368,20 +335,18 @@ pub fn run(events: u64, brokers: Option<String>, rounds: u32) -> anyhow::Result<
     let cpu_per_100k =
         |runs: &[Run]| median(runs.iter().map(|r| r.cpu * 100_000.0 / events as f64).collect());
     println!("feedline bench kafka: {events} activation records (~{size} B JSON), {PARTITIONS} partitions, broker {brokers}, {} rounds", raws.len());
+    let figures = |runs: &[Run]| {
+        format!(
+            "median {:>8.0} events/s   best {:>8.0} events/s   {:.2} CPU s per 100k",
+            rate(runs, median),
+            rate(runs, best),
+            cpu_per_100k(runs)
+        )
+    };
     println!("  feedline (kafka → extract_activation → kafka, tracked, idempotent producer, acks=all)");
-    println!(
-        "           median {:>8.0} events/s   best {:>8.0} events/s   {:.2} CPU s per 100k   RSS up to {peak_rss:.0} MiB",
-        rate(&feedlines, median),
-        rate(&feedlines, best),
-        cpu_per_100k(&feedlines)
-    );
+    println!("           {}   RSS up to {peak_rss:.0} MiB", figures(&feedlines));
     println!("  raw      (librdkafka poll → produce the same bytes, idempotent producer, acks=all)");
-    println!(
-        "           median {:>8.0} events/s   best {:>8.0} events/s   {:.2} CPU s per 100k",
-        rate(&raws, median),
-        rate(&raws, best),
-        cpu_per_100k(&raws)
-    );
+    println!("           {}", figures(&raws));
     // Rounds pair the two pipes on the same broker state; tansu's speed varies between rounds.
     let paired = median(
         raws.iter().zip(&feedlines).map(|(r, f)| r.wall.as_secs_f64() / f.wall.as_secs_f64()).collect(),

@@ -21,22 +21,11 @@ use feedline_engine::metrics::Metrics;
 use feedline_engine::runtime::{run_pipeline_traced, RuntimeOptions};
 use tokio_util::sync::CancellationToken;
 
+use crate::bench::{cpu_seconds, median};
 use crate::telemetry::Installed;
 
 /// Set in the children: run one measurement and print it.
 const CHILD_ENV: &str = "FEEDLINE_BENCH_TRACING_CHILD";
-
-/// CPU time (user + system) this process has used so far, from `/proc/self/stat` (Linux; the
-/// kernel reports it in USER_HZ = 100 ticks per second). `None` elsewhere.
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
 
 /// One measurement in a child, printed as
 /// `events_per_sec=… cpu_us_per_event=… exported=… dropped=…`.
@@ -203,10 +192,6 @@ pub fn run(events: u64, rounds: u32, installed: &Installed) -> anyhow::Result<Ex
             runs[i].push(m);
         }
     }
-    let median = |mut xs: Vec<f64>| {
-        xs.sort_by(f64::total_cmp);
-        xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
-    };
     let summary: Vec<(f64, f64)> = runs
         .iter()
         .map(|r| {
