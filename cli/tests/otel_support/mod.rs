@@ -8,22 +8,13 @@ use std::path::Path;
 use feedline_testkit::otlp::{by_trace, ReceivedSpan};
 use feedline_testkit::Feedline;
 
+/// [`run`] with extra arguments (e.g. `--telemetry-config FILE`).
+pub use feedline_testkit::pipeline::run_pipeline as run_with;
 pub use feedline_testkit::pipeline::{http_get, listen_addr, metric_sum, read_jsonl as lines, Workdir};
 
 /// `feedline run <pipeline> --listen 127.0.0.1:0` with `env` (OTEL_* settings), stderr to `log`.
 pub fn run(pipeline: &Path, data_dir: &Path, log: &Path, env: &[(&str, &str)]) -> Feedline {
     run_with(pipeline, data_dir, log, env, &[])
-}
-
-/// [`run`] with extra arguments (e.g. `--telemetry-config FILE`).
-pub fn run_with(
-    pipeline: &Path,
-    data_dir: &Path,
-    log: &Path,
-    env: &[(&str, &str)],
-    extra: &[&str],
-) -> Feedline {
-    feedline_testkit::pipeline::run_pipeline(pipeline, data_dir, log, env, extra)
 }
 
 /// OTEL_* settings exporting to `endpoint` over `protocol` with sampler `sampler`/`arg`.

@@ -13,7 +13,6 @@
 //! A pipeline without transforms always forwards inline. Backpressure is the same either way:
 //! `send` waits while the next channel is full.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -35,7 +34,7 @@ pub(crate) enum Downstream {
 pub(crate) struct Chain {
     stages: Vec<ChainStage>,
     /// A transform panicked: nothing more goes through.
-    broken: AtomicBool,
+    broken: bool,
     fatal: CancellationToken,
     fatal_reason: Arc<Mutex<Option<String>>>,
 }
@@ -58,7 +57,7 @@ impl Downstream {
         tasks: &mut JoinSet<()>,
     ) -> Self {
         let inline = stages.is_empty() || placement == ChainPlacement::SourceTask;
-        let chain = Chain { stages, broken: AtomicBool::new(false), fatal, fatal_reason };
+        let chain = Chain { stages, broken: false, fatal, fatal_reason };
         let forward = Forward { sinks, dead_letter };
         if inline {
             return Self::Inline(Mutex::new(chain), forward);
@@ -84,14 +83,14 @@ impl Downstream {
 
 impl Chain {
     fn transform(&mut self, batch: Batch) -> Result<(Batch, Vec<Rejected>), Closed> {
-        if self.broken.load(Ordering::Relaxed) {
+        if self.broken {
             return Err(Closed);
         }
         run_chain(&mut self.stages, batch).map_err(|panic| {
             // The batch stays unacknowledged (its tokens were dropped with it): it is read
             // again after a restart.
             tracing::error!(error = %panic, "transform panicked; stopping the pipeline");
-            self.broken.store(true, Ordering::Relaxed);
+            self.broken = true;
             if let Ok(mut r) = self.fatal_reason.lock() {
                 r.get_or_insert(panic.to_string());
             }
