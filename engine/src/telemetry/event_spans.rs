@@ -7,10 +7,10 @@
 use std::time::SystemTime;
 
 use opentelemetry::trace::{
-    Span as _, SpanBuilder, SpanContext, Status, TraceContextExt, TraceId, Tracer as _,
+    Span as _, SpanBuilder, SpanContext, SpanKind, Status, TraceContextExt, TraceId, Tracer as _,
 };
 use opentelemetry::{Context, KeyValue, Value};
-use opentelemetry_sdk::trace::{SdkTracer, Span};
+use opentelemetry_sdk::trace::{Sampler, SamplingDecision, SdkTracer, ShouldSample, Span};
 
 use super::propagation;
 use super::{StageInfo, StageTelemetry};
@@ -44,18 +44,12 @@ pub(super) fn random_trace_id() -> TraceId {
     }
 }
 
-/// OpenTelemetry's trace-id-ratio test (the SDK's `TraceIdRatioBased`): the low 63 bits of the
-/// id's last 8 bytes against `ratio` × 2^63.
+/// Whether the SDK's trace-id-ratio sampler keeps a root span with this id (asked, not
+/// re-implemented, so the pre-sampling decision is the SDK's by construction).
 fn ratio_samples(ratio: f64, trace_id: TraceId) -> bool {
-    if ratio >= 1.0 {
-        return true;
-    }
-    let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
-    let bytes = trace_id.to_bytes();
-    let low = u64::from_be_bytes([
-        bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15],
-    ]);
-    (low >> 1) < bound
+    let result =
+        Sampler::TraceIdRatioBased(ratio).should_sample(None, trace_id, "", &SpanKind::Internal, &[], &[]);
+    result.decision == SamplingDecision::RecordAndSample
 }
 
 fn child(tracer: &SdkTracer, builder: SpanBuilder, parent: SpanContext) -> Span {
