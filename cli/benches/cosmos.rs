@@ -35,11 +35,8 @@ use feedline_engine::metrics::{ComponentMetrics, Metrics};
 use feedline_engine::runtime::{run_pipeline, PipelineError, RuntimeOptions};
 use feedline_testkit::cosmos::CosmosServer;
 use feedline_testkit::tansu::{tansu_path, Tansu, TEST_FETCH_WAIT_MS};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -177,19 +174,6 @@ fn consume(brokers: &str, topic: &str, received: Arc<Received>) -> anyhow::Resul
             }
             Some(Err(e)) => eprintln!("bench cosmos: consumer: {e}"),
             None => {}
-        }
-    }
-    Ok(())
-}
-
-async fn create_topic(brokers: &str, name: &str) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
-    let topic = NewTopic::new(name, 1, TopicReplication::Fixed(1));
-    for result in admin.create_topics([&topic], &AdminOptions::new()).await? {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => bail!("create topic {topic}: {code}"),
         }
     }
     Ok(())
@@ -367,12 +351,12 @@ async fn paced_writes(
 fn provision(
     runtime: &tokio::runtime::Runtime,
     server: &CosmosServer,
-    brokers: &str,
+    tansu: &Tansu,
     container_name: &str,
     topic: &str,
 ) -> anyhow::Result<ContainerClient> {
     server.create_container(DB, container_name, "/id", FEED_RANGES);
-    runtime.block_on(create_topic(brokers, topic))?;
+    tansu.create_topic(topic, 1);
     Ok(runtime.block_on(async {
         let client = server.client_with_key(server.key()).await?;
         client.database_client(DB).container_client(container_name, None).await
@@ -382,11 +366,12 @@ fn provision(
 fn latency_run(
     runtime: &tokio::runtime::Runtime,
     server: &CosmosServer,
-    brokers: &str,
+    tansu: &Tansu,
     opts: &Options,
 ) -> anyhow::Result<()> {
     let (container_name, topic) = ("whisks", "bench-cosmos-latency");
-    let container = provision(runtime, server, brokers, container_name, topic)?;
+    let container = provision(runtime, server, tansu, container_name, topic)?;
+    let brokers = &tansu.brokers();
     let (received, consumer) = start_consumer(brokers, topic);
     let pipeline = Running::start(runtime, server, container_name, brokers, topic)?;
 
@@ -491,11 +476,12 @@ async fn fill(container: ContainerClient, count: u64) -> anyhow::Result<()> {
 fn backlog_run(
     runtime: &tokio::runtime::Runtime,
     server: &CosmosServer,
-    brokers: &str,
+    tansu: &Tansu,
     backlog: u64,
 ) -> anyhow::Result<()> {
     let (container_name, topic) = ("subjects", "bench-cosmos-backlog");
-    let container = provision(runtime, server, brokers, container_name, topic)?;
+    let container = provision(runtime, server, tansu, container_name, topic)?;
+    let brokers = &tansu.brokers();
     let filling = Instant::now();
     runtime.block_on(fill(container, backlog))?;
     let fill_time = filling.elapsed();
@@ -576,10 +562,10 @@ fn run(opts: Options) -> anyhow::Result<ExitCode> {
         server.endpoint()
     );
     if opts.seconds > 0 {
-        latency_run(&runtime, &server, &brokers, &opts)?;
+        latency_run(&runtime, &server, &tansu, &opts)?;
     }
     if opts.backlog > 0 {
-        backlog_run(&runtime, &server, &brokers, opts.backlog)?;
+        backlog_run(&runtime, &server, &tansu, opts.backlog)?;
     }
     drop(runtime);
     drop(tansu);
