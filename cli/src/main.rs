@@ -6,6 +6,8 @@ mod bench_kafka;
 mod bench_tracing;
 mod bench_wasm;
 mod commands;
+mod data_dir;
+mod output;
 mod telemetry;
 
 use std::net::SocketAddr;
@@ -67,6 +69,11 @@ enum Command {
         /// Seconds a stopping pipeline may spend delivering in-flight events.
         #[arg(long, default_value_t = 30)]
         drain_timeout: u64,
+        /// What happens to a pipeline that fails: `stop` keeps it failed (`/health` answers 503),
+        /// `restart` starts it again after a backoff. The other pipelines keep running either way;
+        /// the process exits non-zero once all are done if any failed.
+        #[arg(long, value_enum, default_value_t = commands::OnFailure::Stop)]
+        on_failure: commands::OnFailure,
         /// A TOML file with a [telemetry] table (OTLP endpoint, protocol, service name, sampler,
         /// resource attributes, queue sizes). OTEL_* environment variables override it; with
         /// neither an endpoint nor OTEL_EXPORTER_OTLP_ENDPOINT, no traces are exported.
@@ -196,13 +203,14 @@ fn main() -> ExitCode {
     let installed = match telemetry::init(cli.log_format, config, exporting) {
         Ok(i) => i,
         Err(e) => {
-            eprintln!("error: telemetry: {e:#}");
+            output::stderr(&format!("error: telemetry: {e:#}\n"));
             return ExitCode::FAILURE;
         }
     };
     let result = match cli.command {
-        Command::Run { paths, listen, data_dir, drain_timeout, telemetry_config: _ } => {
-            commands::run(&paths, listen, data_dir, Duration::from_secs(drain_timeout), &installed)
+        Command::Run { paths, listen, data_dir, drain_timeout, on_failure, telemetry_config: _ } => {
+            let drain = Duration::from_secs(drain_timeout);
+            commands::run(&paths, listen, data_dir, drain, on_failure, &installed)
         }
         Command::Validate { paths } => commands::validate(&paths),
         Command::Test { paths } => commands::test(&paths),
@@ -222,7 +230,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            output::stderr(&format!("error: {e:#}\n"));
             ExitCode::FAILURE
         }
     }

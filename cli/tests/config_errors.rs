@@ -9,7 +9,8 @@ fn validate(dir: &Path, name: &str, text: &str, env: &[(&str, &str)]) -> (bool, 
     let file = dir.join(name);
     std::fs::write(&file, text).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_feedline"));
-    cmd.arg("validate").arg(&file).env_remove("FEEDLINE_TEST_UNSET");
+    cmd.arg("validate").arg(&file);
+    feedline_testkit::process::clean_env(&mut cmd);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -180,6 +181,58 @@ fn bad_delivery_option() {
         &format!("{GOOD_SOURCE}[[sinks]]\ntype = \"blackhole\"\nrate_limit = -5\n"),
         &[],
         &["error: `rate_limit` must be a positive number of events per second", "--> DIR/p.toml:6:14"],
+    );
+}
+
+#[test]
+fn numbers_outside_their_declared_range_are_located() {
+    // Each of these validated before and then panicked or misbehaved at run time: a zero
+    // interval (tokio panics), a rate whose inverse overflows a Duration, absurd concurrency.
+    expect_error(
+        "[source]\ntype = \"file\"\npath = \"in.jsonl\"\ncommit_interval_ms = 0\n[[sinks]]\ntype = \"blackhole\"\n",
+        &[],
+        &[
+            "error: invalid value for `commit_interval_ms` in source `file`: 0 is too small",
+            "--> DIR/p.toml:4:22",
+            "= hint: valid range: 1 to 3600000",
+        ],
+    );
+    expect_error(
+        &format!("{GOOD_SOURCE}[[sinks]]\ntype = \"blackhole\"\nrate_limit = 1e-300\n"),
+        &[],
+        &[
+            "error: invalid value for `rate_limit` in sink `blackhole`: 1e-300 is too small",
+            "--> DIR/p.toml:6:14",
+        ],
+    );
+    expect_error(
+        &format!("{GOOD_SOURCE}[[sinks]]\ntype = \"blackhole\"\nmax_in_flight = 100000000\nbatch = {{ max_events = 0 }}\n"),
+        &[],
+        &["error: `max_in_flight`, `batch.max_events` and `buffer` must be at least 1"],
+    );
+    expect_error(
+        &format!("{GOOD_SOURCE}[[sinks]]\ntype = \"blackhole\"\nmax_in_flight = 100000000\nbatch = {{ max_events = 100000000 }}\n"),
+        &[],
+        &[
+            "error: invalid value for `max_in_flight` in sink `blackhole`: 100000000 is too large",
+            "--> DIR/p.toml:6:17",
+            "error: invalid value for `max_events` in sink `blackhole`: 100000000 is too large",
+            "--> DIR/p.toml:7:24",
+        ],
+    );
+}
+
+#[test]
+fn every_numeric_option_declares_its_range() {
+    let out = Command::new(env!("CARGO_BIN_EXE_feedline")).arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let defs = schema["$defs"].as_object().unwrap();
+    assert!(defs.len() > 10, "the schema lists the components");
+    let unbounded = feedline_engine::config::unbounded_numbers(&schema);
+    assert!(
+        unbounded.is_empty(),
+        "numeric options without #[schemars(range(min = .., max = ..))]: {unbounded:?}"
     );
 }
 

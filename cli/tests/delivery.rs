@@ -59,7 +59,7 @@ fn change(n: u64) -> String {
 /// mainId → times seen in the output.
 fn delivered(output: &Path) -> HashMap<String, u32> {
     let mut seen = HashMap::new();
-    for v in feedline_engine::jsonl::read_json_lines(output).unwrap_or_default() {
+    for v in feedline_engine::jsonl::read_json_lines(output).unwrap() {
         if let Some(id) = v.pointer("/key/mainId").and_then(Value::as_str) {
             *seen.entry(id.to_owned()).or_insert(0) += 1;
         }

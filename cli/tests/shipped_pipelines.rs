@@ -41,6 +41,7 @@ fn pipeline_files() -> Vec<PathBuf> {
 fn feedline(args: &[&str]) -> (bool, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_feedline"));
     cmd.args(args);
+    feedline_testkit::process::clean_env(&mut cmd);
     for (k, v) in ENV {
         cmd.env(k, v);
     }

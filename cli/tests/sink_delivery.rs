@@ -140,7 +140,7 @@ fn sorted(v: &Mutex<Vec<u64>>) -> Vec<u64> {
 
 fn dead_letters(dir: &tempfile::TempDir, pipeline: &str) -> Vec<Value> {
     feedline_engine::jsonl::read_json_lines(&dir.path().join(format!("data/{pipeline}/dead-letter.jsonl")))
-        .unwrap_or_default()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

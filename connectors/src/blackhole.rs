@@ -16,6 +16,7 @@ use serde::Deserialize;
 pub struct BlackholeConfig {
     /// Log the event count and rate every this many seconds (0: never).
     #[serde(default)]
+    #[schemars(range(min = 0, max = 86400))]
     pub print_interval_secs: u64,
 }
 

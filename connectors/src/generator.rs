@@ -23,12 +23,15 @@ pub struct GeneratorConfig {
     pub shape: Shape,
     /// Events to produce before stopping (unset: until shutdown).
     #[serde(default)]
+    #[schemars(range(min = 0, max = u64::MAX))]
     pub count: Option<u64>,
     /// Events per second (unset: as fast as downstream accepts them).
     #[serde(default)]
+    #[schemars(range(min = 0.001, max = 1e9))]
     pub rate: Option<f64>,
     /// Events per batch.
     #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 1000000))]
     pub batch_size: usize,
 }
 

@@ -23,6 +23,7 @@ pub struct StdinSourceConfig {
     pub decoding: LineDecoding,
     /// Most lines per batch.
     #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 1000000))]
     pub batch_size: usize,
 }
 

@@ -17,6 +17,8 @@ pub enum PipelineState {
     Stopped,
     /// Stopped by a fatal error.
     Failed(String),
+    /// Stopped by a fatal error; it will be started again after a backoff.
+    Restarting(String),
 }
 
 /// Shared table of pipeline states. Cheap to clone.
@@ -47,6 +49,18 @@ impl Health {
     pub fn failed(&self, name: &str, reason: &str) {
         self.set(name, PipelineState::Failed(reason.to_owned()))
     }
+    /// Mark a failed pipeline as waiting for its restart.
+    pub fn restarting(&self, name: &str, reason: &str) {
+        self.set(name, PipelineState::Restarting(reason.to_owned()))
+    }
+    /// False once a pipeline has failed for good (`/health` answers 503, so an orchestrator
+    /// restarts the process); a pipeline waiting for its own restart keeps the process healthy.
+    pub fn healthy(&self) -> bool {
+        self.states
+            .lock()
+            .map(|s| !s.values().any(|v| matches!(v, PipelineState::Failed(_))))
+            .unwrap_or(false)
+    }
     /// True when every known pipeline is running.
     pub fn ready(&self) -> bool {
         self.states
@@ -57,5 +71,24 @@ impl Health {
     /// Every pipeline's state.
     pub fn snapshot(&self) -> BTreeMap<String, PipelineState> {
         self.states.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_pipeline_is_unhealthy_a_restarting_one_only_unready() {
+        let h = Health::default();
+        h.running("a");
+        h.running("b");
+        assert!(h.healthy() && h.ready());
+        h.restarting("b", "sink down");
+        assert!(h.healthy() && !h.ready());
+        h.failed("b", "sink down");
+        assert!(!h.healthy() && !h.ready());
+        h.running("b");
+        assert!(h.healthy() && h.ready());
     }
 }

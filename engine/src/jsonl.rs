@@ -78,8 +78,7 @@ impl Sink for JsonLinesSink {
                 if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     tokio::fs::create_dir_all(parent).await?;
                 }
-                let f = tokio::fs::OpenOptions::new().create(true).append(true).open(&self.path).await?;
-                *guard = Some(f);
+                *guard = Some(open_repaired(&self.path).await?);
             }
             let Some(file) = guard.as_mut() else { return Ok(()) };
             file.write_all(&buf).await?;
@@ -103,8 +102,110 @@ impl Sink for JsonLinesSink {
     }
 }
 
-/// Parse a JSON-lines file (for tests and tools).
+/// Open `path` for appending, first cutting off a torn last line.
+///
+/// A process killed in the middle of a write leaves a line without its newline; appending after
+/// it would glue the next record to the fragment, and both would be unreadable. The fragment's
+/// events were never acknowledged (a write is reported done only once it is complete), so they
+/// are delivered again: cutting it loses nothing.
+async fn open_repaired(path: &Path) -> std::io::Result<tokio::fs::File> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::OpenOptions::new().create(true).read(true).append(true).open(path).await?;
+    let len = file.metadata().await?.len();
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let keep = loop {
+        if end == 0 {
+            break 0;
+        }
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..(end - start) as usize];
+        file.seek(std::io::SeekFrom::Start(start)).await?;
+        file.read_exact(part).await?;
+        if let Some(i) = part.iter().rposition(|b| *b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        end = start;
+    };
+    if keep < len {
+        tracing::warn!(path = %path.display(), removed_bytes = len - keep, "cut a torn last line left by an interrupted write; its events are delivered again");
+        file.set_len(keep).await?;
+    }
+    Ok(file)
+}
+
+/// Parse a JSON-lines file, strictly (for tests and tools): every complete line must be one JSON
+/// document, or the whole read fails naming the line. A last line without its newline is a
+/// write still in progress and is left out. A missing file reads as empty.
 pub fn read_json_lines(path: &Path) -> std::io::Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(text.lines().filter(|l| !l.trim().is_empty()).filter_map(|l| serde_json::from_str(l).ok()).collect())
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+    let mut out = Vec::new();
+    for (n, line) in complete.split('\n').enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value = serde_json::from_str(line).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}:{}: not one JSON document: {e}", path.display(), n + 1),
+            )
+        })?;
+        out.push(value);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn event(n: u64) -> Event {
+        Event::new(serde_json::json!({ "n": n }), Default::default())
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_cut_before_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(&path, "{\"n\":1}\n{\"n\":2}\n{\"n\":3, \"pad\": \"xx").unwrap();
+        let sink = JsonLinesSink::new(&path, LineFormat::Value, false);
+        assert!(sink.write(&[event(4)]).await.iter().all(Result::is_ok));
+        let lines: Vec<u64> =
+            read_json_lines(&path).unwrap().iter().map(|v| v["n"].as_u64().unwrap()).collect();
+        assert_eq!(lines, [1, 2, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_one_fragment_is_emptied_and_a_clean_file_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let torn = dir.path().join("torn.jsonl");
+        std::fs::write(&torn, "x".repeat(200_000)).unwrap();
+        let sink = JsonLinesSink::new(&torn, LineFormat::Value, false);
+        assert!(sink.write(&[event(1)]).await.iter().all(Result::is_ok));
+        assert_eq!(std::fs::read_to_string(&torn).unwrap(), "{\"n\":1}\n");
+
+        let clean = dir.path().join("clean.jsonl");
+        std::fs::write(&clean, "{\"n\":7}\n").unwrap();
+        let sink = JsonLinesSink::new(&clean, LineFormat::Value, false);
+        assert!(sink.write(&[event(8)]).await.iter().all(Result::is_ok));
+        assert_eq!(std::fs::read_to_string(&clean).unwrap(), "{\"n\":7}\n{\"n\":8}\n");
+    }
+
+    #[test]
+    fn the_strict_reader_fails_on_a_bad_complete_line_and_skips_an_unfinished_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.jsonl");
+        std::fs::write(&path, "{\"a\":1}\n{\"a\":").unwrap();
+        assert_eq!(read_json_lines(&path).unwrap().len(), 1);
+        std::fs::write(&path, "{\"a\":1}\n{\"a\":{\"a\":2}\n").unwrap();
+        let err = read_json_lines(&path).unwrap_err().to_string();
+        assert!(err.contains("x.jsonl:2: not one JSON document"), "{err}");
+        assert!(read_json_lines(&dir.path().join("missing")).unwrap().is_empty());
+    }
 }

@@ -25,6 +25,7 @@ struct Families {
     checkpoint_position: IntGaugeVec,
     lag: IntGaugeVec,
     pending: IntGaugeVec,
+    restarts: IntCounterVec,
 }
 
 const LABELS: &[&str] = &["pipeline", "component", "kind"];
@@ -108,10 +109,27 @@ impl Metrics {
                 "Events read and not yet done",
                 &["pipeline", "component"],
             ),
+            restarts: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "feedline_pipeline_restarts_total",
+                        "Restarts of a pipeline after a fatal error",
+                    ),
+                    &["pipeline"],
+                )
+                .expect("static metric definition");
+                registry.register(Box::new(c.clone())).expect("metric registered once");
+                c
+            },
             batch_seconds,
             registry,
         };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// Count one restart of `pipeline` after a fatal error.
+    pub fn pipeline_restarted(&self, pipeline: &str) {
+        self.inner.restarts.with_label_values(&[pipeline]).inc();
     }
 
     /// Counters for one component.

@@ -37,8 +37,11 @@ async fn metrics_handler(State(s): State<OpsState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
 }
 
+/// 200 while no pipeline has failed for good, 503 after (a liveness probe: restart the process).
 async fn health_handler(State(s): State<OpsState>) -> impl IntoResponse {
-    Json(serde_json::json!({ "status": "ok", "pipelines": s.health.snapshot() }))
+    let (code, status) =
+        if s.health.healthy() { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "failed") };
+    (code, Json(serde_json::json!({ "status": status, "pipelines": s.health.snapshot() })))
 }
 
 async fn ready_handler(State(s): State<OpsState>) -> impl IntoResponse {

@@ -34,6 +34,21 @@ pub fn feedline_bin() -> PathBuf {
     dir.join("feedline")
 }
 
+/// Variables a child may inherit from the test run. Everything else (`CLUSTER_ID`, `OTEL_*`,
+/// `FEEDLINE_*`, proxies, …) is dropped, so a developer's shell cannot change what a test sees;
+/// a test passes what its process needs explicitly.
+const INHERITED: &[&str] = &["PATH", "HOME", "TMPDIR", "RUST_BACKTRACE", "RUST_LOG", "LD_LIBRARY_PATH"];
+
+/// Clear `cmd`'s environment down to [`INHERITED`].
+pub fn clean_env(cmd: &mut Command) {
+    cmd.env_clear();
+    for key in INHERITED {
+        if let Some(value) = std::env::var_os(key) {
+            cmd.env(key, value);
+        }
+    }
+}
+
 /// A running `feedline` process; killed on drop.
 pub struct Feedline {
     child: Child,
@@ -46,6 +61,7 @@ impl Feedline {
         let stderr = std::fs::File::create(log).expect("create log file");
         let mut cmd = Command::new(bin);
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        clean_env(&mut cmd);
         for (k, v) in env {
             cmd.env(k, v);
         }

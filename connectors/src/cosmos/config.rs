@@ -68,26 +68,33 @@ pub struct CosmosChangeFeedConfig {
     /// Pause between polls of a feed range that returned a partial or empty page, in
     /// milliseconds. A full page (`max_items` changes) is followed by another poll at once.
     #[serde(default = "default_poll_interval_ms")]
+    #[schemars(range(min = 1, max = 3600000))]
     pub poll_interval_ms: u64,
     /// Most changes per page (and per batch handed to the transforms).
     #[serde(default = "default_max_items")]
+    #[schemars(range(min = 1, max = 100000))]
     pub max_items: u32,
     /// A lease whose owner has not renewed it for this long (ms) is expired and may be taken.
     /// This bounds how long the ranges of a crashed replica go unread.
     #[serde(default = "default_lease_expiry_ms")]
+    #[schemars(range(min = 1, max = 86400000))]
     pub lease_expiry_ms: u64,
     /// How often owned leases are renewed (ms). Must be well below `lease_expiry_ms`.
     #[serde(default = "default_lease_renew_ms")]
+    #[schemars(range(min = 1, max = 86400000))]
     pub lease_renew_ms: u64,
     /// How often leases are listed to create missing ones, pick up free or expired ones and
     /// rebalance (ms).
     #[serde(default = "default_lease_acquire_ms")]
+    #[schemars(range(min = 1, max = 86400000))]
     pub lease_acquire_ms: u64,
     /// How often a lease's continuation is committed (ms); also on release and shutdown.
     #[serde(default = "default_commit_interval_ms")]
+    #[schemars(range(min = 1, max = 3600000))]
     pub commit_interval_ms: u64,
     /// Most pages read but not yet done per feed range before polling pauses (backpressure).
     #[serde(default = "default_max_pending_pages")]
+    #[schemars(range(min = 1, max = 65536))]
     pub max_pending_pages: usize,
     /// Name of this replica in lease documents. Default: `<hostname>-<pid>-<random>`.
     #[serde(default)]
@@ -136,10 +143,12 @@ pub struct CosmosSinkConfig {
     pub escape_ids: bool,
     /// Documents of one batch written at once.
     #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 1024))]
     pub concurrency: usize,
     /// Throttled (429) writes the SDK retries, waiting `x-ms-retry-after-ms` each time, before the
     /// engine's own retry takes over.
     #[serde(default = "default_throttle_retries")]
+    #[schemars(range(min = 0, max = 1000))]
     pub throttle_retries: u32,
 }
 

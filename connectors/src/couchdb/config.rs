@@ -38,15 +38,18 @@ pub struct CouchdbSourceConfig {
     pub feed: Feed,
     /// Ask the server for a newline every this many milliseconds while nothing changes.
     #[serde(default = "default_heartbeat_ms")]
+    #[schemars(range(min = 1, max = 3600000))]
     pub heartbeat_ms: u64,
     /// `timeout` sent with the request, in milliseconds. Some servers ignore it and keep a feed
     /// open forever; `read_timeout_ms` protects against that.
     #[serde(default = "default_timeout_ms")]
+    #[schemars(range(min = 0, max = 86400000))]
     pub timeout_ms: u64,
     /// The client's own read timeout: with no byte (not even a heartbeat) for this long the
     /// connection is dropped and the feed reopened from the last change read. Must exceed
     /// `heartbeat_ms`.
     #[serde(default = "default_read_timeout_ms")]
+    #[schemars(range(min = 1, max = 86400000))]
     pub read_timeout_ms: u64,
     /// Include each changed document (`include_docs=true`). Without it the value is a stub
     /// `{"_id", "_rev"}` (plus `"_deleted": true` for deletions).
@@ -78,22 +81,28 @@ pub struct CouchdbSourceConfig {
     pub checkpoint_id: Option<String>,
     /// Most changes per batch handed to the transforms.
     #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 1000000))]
     pub batch_size: usize,
     /// How long a partial batch waits for more changes, in milliseconds.
     #[serde(default = "default_batch_timeout_ms")]
+    #[schemars(range(min = 0, max = 3600000))]
     pub batch_timeout_ms: u64,
     /// How often the done position is checkpointed, in milliseconds (and always at shutdown).
     #[serde(default = "default_commit_interval_ms")]
+    #[schemars(range(min = 1, max = 3600000))]
     pub commit_interval_ms: u64,
     /// Most batches read but not yet done before reading pauses (backpressure).
     #[serde(default = "default_max_pending_batches")]
+    #[schemars(range(min = 1, max = 65536))]
     pub max_pending_batches: usize,
     /// First wait before reopening a failed feed, in milliseconds; doubles up to
     /// `max_backoff_ms`.
     #[serde(default = "default_initial_backoff_ms")]
+    #[schemars(range(min = 1, max = 3600000))]
     pub initial_backoff_ms: u64,
     /// Longest wait between reconnection attempts, in milliseconds.
     #[serde(default = "default_max_backoff_ms")]
+    #[schemars(range(min = 1, max = 86400000))]
     pub max_backoff_ms: u64,
 }
 
@@ -128,6 +137,7 @@ pub struct CouchdbSinkConfig {
     pub create_database: bool,
     /// Longest wait for one HTTP request, in milliseconds; a timeout is retried.
     #[serde(default = "default_request_timeout_ms")]
+    #[schemars(range(min = 1, max = 3600000))]
     pub request_timeout_ms: u64,
 }
 

@@ -38,15 +38,19 @@ pub struct FileSourceConfig {
     pub decoding: LineDecoding,
     /// Most lines per batch.
     #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 1000000))]
     pub batch_size: usize,
     /// How often the position is checkpointed, in milliseconds (and always at shutdown).
     #[serde(default = "default_commit_interval_ms")]
+    #[schemars(range(min = 1, max = 3600000))]
     pub commit_interval_ms: u64,
     /// How often a followed file is checked for new lines, in milliseconds.
     #[serde(default = "default_poll_interval_ms")]
+    #[schemars(range(min = 1, max = 3600000))]
     pub poll_interval_ms: u64,
     /// Most batches read but not yet delivered before reading pauses (backpressure).
     #[serde(default = "default_max_pending_batches")]
+    #[schemars(range(min = 1, max = 65536))]
     pub max_pending_batches: usize,
 }
 

@@ -44,18 +44,22 @@ pub struct KafkaSourceConfig {
     pub decoding: Decoding,
     /// Most records per batch handed to the transforms.
     #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 1000000))]
     pub batch_size: usize,
     /// How often done offsets are committed, in milliseconds (also on revocation and shutdown).
     #[serde(default = "default_commit_interval_ms")]
+    #[schemars(range(min = 1, max = 3600000))]
     pub commit_interval_ms: u64,
     /// When downstream has not accepted a batch for this long (ms), every assigned partition is
     /// paused (the consumer keeps its group membership) until it does.
     #[serde(default = "default_pause_after_ms")]
+    #[schemars(range(min = 0, max = 86400000))]
     pub pause_after_ms: u64,
     /// When partitions are revoked (another replica takes them), wait up to this long (ms) for
     /// their in-flight events before committing, so the new owner re-reads as little as
     /// possible. `0` commits what is done at once.
     #[serde(default = "default_revoke_drain_ms")]
+    #[schemars(range(min = 0, max = 3600000))]
     pub revoke_drain_ms: u64,
     /// Any librdkafka consumer property (`security.protocol`, `sasl.mechanism`,
     /// `sasl.password`, `ssl.ca.location`, `fetch.wait.max.ms`, ...). Values of keys containing
@@ -151,9 +155,11 @@ fn default_true() -> bool {
 #[schemars(rename = "KafkaCreateTopic")]
 pub struct CreateTopic {
     /// Number of partitions.
+    #[schemars(range(min = 1, max = 100000))]
     pub partitions: i32,
     /// Replication factor.
     #[serde(default = "default_replication")]
+    #[schemars(range(min = 1, max = 1000))]
     pub replication: i32,
 }
 

@@ -318,14 +318,35 @@ impl Loader<'_> {
         let common_values: Map<String, Value> =
             common.iter().filter_map(|k| table.remove(*k).map(|v| (k.to_string(), v))).collect();
         let entry = entries.get(type_name)?;
-        match (entry.parse)(Value::Object(table), &self.check) {
-            Ok(config) => Some((ComponentDef { id, type_name: type_name.to_owned(), config }, common_values)),
+        let given = Value::Object(table);
+        match (entry.parse)(given.clone(), &self.check) {
+            Ok(config) => {
+                let what = format!("{kind} `{type_name}`");
+                self.ranges(&(entry.schema)(), &given, path, &what).then_some(())?;
+                Some((ComponentDef { id, type_name: type_name.to_owned(), config }, common_values))
+            }
             Err(failure) => {
                 let schema = (entry.schema)();
                 self.report(failure, path, &format!("{kind} `{type_name}`"), &field_names(&schema, common));
                 None
             }
         }
+    }
+
+    /// Report every number outside its declared range; true when there is none.
+    fn ranges(&mut self, schema: &Value, given: &Value, path: &[String], what: &str) -> bool {
+        let found = super::ranges::check(schema, given);
+        for f in &found {
+            let full: Vec<String> = path.iter().cloned().chain(f.path.iter().cloned()).collect();
+            let field = full.last().cloned().unwrap_or_default();
+            self.error(
+                &full,
+                false,
+                format!("invalid value for `{field}` in {what}: {}", f.message),
+                Some(f.hint.clone()),
+            );
+        }
+        found.is_empty()
     }
 
     fn report(&mut self, failure: ParseFailure, path: &[String], what: &str, fields: &[String]) {
@@ -457,7 +478,8 @@ impl Loader<'_> {
     ) -> Option<SinkDef> {
         let entries = &self.registry.sinks;
         let (component, common) = self.component(value, path, kind, entries, ids, SINK_COMMON)?;
-        let options: SinkOptions = match parse_typed(Value::Object(common)) {
+        let common = Value::Object(common);
+        let options: SinkOptions = match parse_typed(common.clone()) {
             Ok(o) => o,
             Err(f) => {
                 let fields: Vec<String> = SINK_COMMON.iter().map(|s| s.to_string()).collect();
@@ -483,6 +505,9 @@ impl Loader<'_> {
             );
             return None;
         }
+        let schema = serde_json::to_value(schemars::schema_for!(SinkOptions)).unwrap_or(Value::Null);
+        let what = format!("{kind} `{}`", component.type_name);
+        self.ranges(&schema, &common, path, &what).then_some(())?;
         Some(SinkDef { component, options })
     }
 

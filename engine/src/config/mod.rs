@@ -9,6 +9,7 @@ mod diagnostic;
 mod interpolate;
 mod load;
 mod locate;
+mod ranges;
 mod reference;
 mod schema;
 
@@ -21,6 +22,7 @@ use serde_json::Value;
 pub use diagnostic::{did_you_mean, ConfigErrors, Diagnostic, SourceFile};
 pub use interpolate::{interpolate, InterpolationError};
 pub use load::{expand_paths, load_file, load_paths, EnvLookup};
+pub use ranges::unbounded_numbers;
 pub use reference::reference_markdown;
 pub use schema::{pipeline_schema, schema_collisions};
 
@@ -70,14 +72,17 @@ pub struct SinkDef {
 #[serde(deny_unknown_fields, default)]
 pub struct SinkOptions {
     /// Batches written concurrently.
+    #[schemars(range(min = 1, max = 1024))]
     pub max_in_flight: usize,
     /// Most events per second this sink writes (unset: no cap).
+    #[schemars(range(min = 0.001, max = 1e9))]
     pub rate_limit: Option<f64>,
     /// How events are grouped into writes.
     pub batch: BatchOptions,
     /// How retriable failures are retried.
     pub retry: RetryOptions,
     /// Batches queued in front of the sink before the pipeline waits.
+    #[schemars(range(min = 1, max = 65536))]
     pub buffer: usize,
 }
 
@@ -98,10 +103,12 @@ impl Default for SinkOptions {
 #[serde(deny_unknown_fields, default)]
 pub struct BatchOptions {
     /// Most events in one write.
+    #[schemars(range(min = 1, max = 1000000))]
     pub max_events: usize,
     /// Longest a partial batch waits for more events while every write slot (`max_in_flight`)
     /// is busy, in milliseconds. With a slot free it is written at once, so an idle sink adds
     /// no latency and batches grow only when the sink is the bottleneck.
+    #[schemars(range(min = 0, max = 3600000))]
     pub timeout_ms: u64,
 }
 
@@ -116,11 +123,14 @@ impl Default for BatchOptions {
 #[serde(deny_unknown_fields, default)]
 pub struct RetryOptions {
     /// First backoff, in milliseconds.
+    #[schemars(range(min = 0, max = 3600000))]
     pub initial_backoff_ms: u64,
     /// Backoff cap, in milliseconds.
+    #[schemars(range(min = 0, max = 86400000))]
     pub max_backoff_ms: u64,
     /// Attempts before the event is dead-lettered; unset retries until it succeeds (the
     /// at-least-once default: an outage pauses the pipeline instead of diverting events).
+    #[schemars(range(min = 1, max = 1000000))]
     pub max_attempts: Option<u32>,
 }
 
@@ -144,6 +154,7 @@ pub struct TestCase {
     pub expect: Vec<TestExpect>,
     /// How many inputs the chain must reject (send to the dead-letter sink).
     #[serde(default)]
+    #[schemars(range(min = 0, max = 1_000_000))]
     pub expect_rejected: usize,
 }
 

@@ -51,11 +51,7 @@ pub fn run_chain(
             catch_unwind(AssertUnwindSafe(|| stage.transform.transform_batch(events, &mut out)))
         });
         if let Err(payload) = result {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let message = super::panic_text(payload.as_ref());
             span.record("feedline.outcome", "panicked");
             record_error(&span, &message);
             return Err(TransformPanic { id: stage.id.clone(), message });

@@ -65,6 +65,7 @@ pub fn envelope(pipeline: &str, r: &Rejected) -> Event {
 /// Forward rejections (in small batches) to the dead-letter driver until every sender is gone.
 pub(super) async fn run(driver: SinkDriver, mut rx: mpsc::Receiver<Rejected>, pipeline: Arc<str>) {
     let (tx, batches) = mpsc::channel::<Batch>(4);
+    let (fatal, fatal_reason) = (driver.fatal.clone(), driver.fatal_reason.clone());
     let driver_task = tokio::spawn(driver.run(batches));
     while let Some(first) = rx.recv().await {
         let mut batch = Batch::with_capacity(16);
@@ -80,5 +81,10 @@ pub(super) async fn run(driver: SinkDriver, mut rx: mpsc::Receiver<Rejected>, pi
         }
     }
     drop(tx);
-    let _ = driver_task.await;
+    if let Some(message) = super::panic_of(driver_task.await) {
+        if let Ok(mut r) = fatal_reason.lock() {
+            r.get_or_insert(format!("the dead-letter sink panicked: {message}"));
+        }
+        fatal.cancel();
+    }
 }

@@ -98,6 +98,13 @@ impl Shared {
         self.fatal.cancel();
     }
 
+    fn task_ended(&self, joined: Result<(), tokio::task::JoinError>) {
+        if let Some(message) = panic_of(joined) {
+            tracing::error!(pipeline = %self.name, panic = %message, "a pipeline task panicked; stopping the pipeline");
+            self.fail(format!("a pipeline task panicked: {message}"));
+        }
+    }
+
     fn build_error(&self, component: &str, error: ComponentError) -> PipelineError {
         PipelineError::Build { pipeline: self.name.to_string(), component: component.to_owned(), error }
     }
@@ -242,13 +249,31 @@ pub async fn run_pipeline_traced(
     };
     health.running(&name);
     tracing::info!(pipeline = %name, source = %source_id, sinks = def.sinks.len(), transforms = def.transforms.len(), "pipeline running");
-    let source_result = source.run(ctx).await;
+    // While the source runs, a downstream task that panics fails the pipeline at once (its events
+    // would otherwise stay pending for ever), and the moment a stop is requested starts the one
+    // drain deadline the whole pipeline shares.
+    let source_run = source.run(ctx);
+    tokio::pin!(source_run);
+    let mut stop_requested = None;
+    let source_result = loop {
+        tokio::select! {
+            result = &mut source_run => break result,
+            _ = fatal.cancelled(), if stop_requested.is_none() => stop_requested = Some(tokio::time::Instant::now()),
+            Some(joined) = tasks.join_next() => shared.task_ended(joined),
+        }
+    };
     if let Err(e) = &source_result {
         shared.fail(format!("source.{source_id}: {}", e.message));
     }
-    // The source has returned and dropped its sender: downstream drains on its own.
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(shared.options.drain_timeout, drain).await.is_err() {
+    // The source has returned and dropped its sender: downstream drains on its own, within what
+    // is left of the drain timeout (the source's own drain already spent part of it).
+    let deadline = stop_requested.unwrap_or_else(tokio::time::Instant::now) + shared.options.drain_timeout;
+    let drain = async {
+        while let Some(joined) = tasks.join_next().await {
+            shared.task_ended(joined);
+        }
+    };
+    if tokio::time::timeout_at(deadline, drain).await.is_err() {
         tracing::warn!(pipeline = %name, "drain deadline passed; unfinished events will be re-read after restart");
         tasks.abort_all();
     }
@@ -263,6 +288,23 @@ pub async fn run_pipeline_traced(
             tracing::info!(pipeline = %name, "pipeline stopped");
             Ok(())
         }
+    }
+}
+
+/// The text a panic carried (`panic!("...")` payloads are `&str` or `String`).
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic with a non-text payload".to_owned())
+}
+
+/// What a joined task's panic said; `None` if it returned or was aborted.
+pub(crate) fn panic_of(joined: Result<(), tokio::task::JoinError>) -> Option<String> {
+    match joined {
+        Err(e) if e.is_panic() => Some(panic_text(e.into_panic().as_ref())),
+        _ => None,
     }
 }
 

@@ -113,7 +113,9 @@ impl SinkDriver {
                     l.wait(events.len()).await;
                 }
                 let Ok(permit) = permits.clone().acquire_owned().await else { return };
-                while tasks.try_join_next().is_some() {}
+                while let Some(joined) = tasks.try_join_next() {
+                    this.write_ended(joined);
+                }
                 let this = this.clone();
                 tasks.spawn(async move {
                     this.deliver(events, acks).await;
@@ -121,8 +123,26 @@ impl SinkDriver {
                 });
             }
         }
-        while tasks.join_next().await.is_some() {}
+        while let Some(joined) = tasks.join_next().await {
+            this.write_ended(joined);
+        }
         this.sink.stop().await;
+    }
+
+    pub(crate) fn fail(&self, reason: String) {
+        if let Ok(mut r) = self.fatal_reason.lock() {
+            r.get_or_insert(reason);
+        }
+        self.fatal.cancel();
+    }
+
+    /// A panicking sink is a bug, not bad input: its batch stays unacknowledged (re-read after a
+    /// restart) and the pipeline fails with the panic's message.
+    fn write_ended(&self, joined: Result<(), tokio::task::JoinError>) {
+        if let Some(message) = super::panic_of(joined) {
+            tracing::error!(stage = %self.stage, panic = %message, "sink panicked; stopping the pipeline");
+            self.fail(format!("{} panicked: {message}", self.stage));
+        }
     }
 
     /// Write until every event is delivered, rejected, or given up on.
@@ -172,10 +192,7 @@ impl SinkDriver {
                         ErrorClass::Fatal => {
                             tracing::error!(stage = %self.stage, error = %e.message, "fatal sink error; stopping the pipeline");
                             sink_failed(event_span, "failed", &e.message, attempt + 1);
-                            if let Ok(mut r) = self.fatal_reason.lock() {
-                                r.get_or_insert(format!("{}: {}", self.stage, e.message));
-                            }
-                            self.fatal.cancel();
+                            self.fail(format!("{}: {}", self.stage, e.message));
                             drop(ack); // abandoned: it will be read again after a restart
                         }
                     },

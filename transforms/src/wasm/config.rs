@@ -28,9 +28,11 @@ pub struct WasmConfig {
     /// Wall-clock budget of one call into the guest (a batch, or a half during isolation), in
     /// milliseconds; the call traps when it runs out.
     #[serde(default = "default_time_limit_ms")]
+    #[schemars(range(min = 1, max = 3600000))]
     pub time_limit_ms: u64,
     /// Cap on the guest's linear memory, in MiB; growing past it fails inside the guest.
     #[serde(default = "default_memory_limit_mib")]
+    #[schemars(range(min = 1, max = 65536))]
     pub memory_limit_mib: u32,
 }
 
