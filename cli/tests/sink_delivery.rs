@@ -32,6 +32,8 @@ enum Script {
     RejectSevens,
     /// Fail everything retriably, forever.
     Down,
+    /// Panic on the first write (a bug in a sink).
+    Panic,
 }
 
 #[derive(Default)]
@@ -100,6 +102,7 @@ impl Sink for Scripted {
                 }
                 Script::RejectSevens => Ok(()),
                 Script::Down => Err(ComponentError::retriable("connection refused")),
+                Script::Panic => panic!("scripted sink bug at seq {seq}"),
             };
             if result.is_ok() {
                 r.delivered.lock().unwrap().push(seq);
@@ -112,6 +115,14 @@ impl Sink for Scripted {
 }
 
 async fn run(toml: &str) -> (tempfile::TempDir, Metrics) {
+    let (dir, metrics, result) = run_result(toml).await;
+    result.unwrap();
+    (dir, metrics)
+}
+
+async fn run_result(
+    toml: &str,
+) -> (tempfile::TempDir, Metrics, Result<(), feedline_engine::runtime::PipelineError>) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("p.toml");
     std::fs::write(&file, toml).unwrap();
@@ -122,14 +133,13 @@ async fn run(toml: &str) -> (tempfile::TempDir, Metrics) {
     let metrics = Metrics::new();
     let options =
         RuntimeOptions { data_dir: dir.path().join("data"), drain_timeout: Duration::from_secs(10) };
-    tokio::time::timeout(
+    let result = tokio::time::timeout(
         Duration::from_secs(60),
         run_pipeline(Arc::new(def), options, metrics.clone(), Health::default(), CancellationToken::new()),
     )
     .await
-    .expect("pipeline finishes")
-    .unwrap();
-    (dir, metrics)
+    .expect("pipeline finishes");
+    (dir, metrics, result)
 }
 
 fn sorted(v: &Mutex<Vec<u64>>) -> Vec<u64> {
@@ -306,4 +316,23 @@ batch = { max_events = 1000, timeout_ms = 60000 }
         "batches grew while the slot was busy: {sizes:?}"
     );
     assert_eq!(r.delivered.lock().unwrap().len(), 2000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_sink_fails_the_pipeline_with_the_panic_message() {
+    let (_dir, _, result) = run_result(
+        r#"
+name = "panics"
+[source]
+type = "generator"
+count = 100
+[[sinks]]
+type = "scripted"
+script = "panic"
+record = "panics"
+"#,
+    )
+    .await;
+    let error = result.expect_err("a sink panic is a pipeline failure").to_string();
+    assert!(error.contains("sink.scripted panicked: scripted sink bug at seq"), "{error}");
 }
