@@ -1,6 +1,6 @@
-//! `feedline-bench cosmos [--rate 1000 --seconds 10 --backlog 100000]`: the
-//! cache-invalidation path — `cosmos_change_feed` (default poll
-//! settings) → `invalidate_cache` → `kafka` sink — run in this process.
+//! `feedline-bench cosmos [--rate 1000 --seconds 10 --backlog 100000]`: the cache-invalidation
+//! path — `cosmos_change_feed` (default poll settings) → `invalidate_cache` → `kafka` sink — run
+//! in this process.
 //!
 //! - latency: documents are upserted at `--rate` per second for `--seconds` (open loop: each write
 //!   starts at its scheduled time, whatever the previous ones are doing), each with its own id.
@@ -12,8 +12,8 @@
 //!   gives changes/s. A consumer then checks that each id arrived.
 //!
 //! Cosmos DB is the test kit's server (Microsoft's in-memory emulator behind an HTTP front that
-//! checks master-key signatures) on a free port; Kafka is tansu from `FEEDLINE_TANSU` or
-//! `scripts/install-tansu.sh`'s location. The consumer uses `fetch.wait.max.ms=10` (tansu holds
+//! checks master-key signatures) on a free port; Kafka is the test kit's tansu, from
+//! `FEEDLINE_TANSU` or `scripts/install-tansu.sh`'s location. The consumer uses `fetch.wait.max.ms=10` (tansu holds
 //! every fetch that long), so up to ~10 ms of each latency is the measuring consumer's.
 
 use std::collections::HashMap;
