@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs pouchdb-server (a CouchDB-protocol server from npm, used by the CouchDB integration
-# tests and `feedline bench couchdb`) into a cache directory outside the clone. Reused when
+# tests and `feedline-bench couchdb`) into a cache directory outside the clone. Reused when
 # present. Needs node and npm. Prints the path of the executable on stdout.
 set -euo pipefail
 version=4.2.0

@@ -1,10 +1,5 @@
 //! The `feedline` command. Errors become exit codes here and nowhere else.
 
-mod bench;
-mod bench_couchdb;
-mod bench_kafka;
-mod bench_tracing;
-mod bench_wasm;
 mod commands;
 mod data_dir;
 mod output;
@@ -18,7 +13,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Events are allocated on one thread and freed on another (source → transforms → sinks); glibc's
-/// malloc serialises that on arena locks (measured: ~10% of CPU in lock waits in `bench engine`).
+/// malloc serialises that on arena locks (measured: ~10% of CPU in lock waits in `feedline-bench engine`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -110,74 +105,6 @@ enum Command {
         #[arg(long, value_enum, default_value_t = SchemaFormat::Json)]
         format: SchemaFormat,
     },
-    /// Benchmarks that print figures next to a baseline measured in the same run.
-    Bench {
-        #[command(subcommand)]
-        which: Bench,
-    },
-}
-
-#[derive(Subcommand)]
-enum Bench {
-    /// generator → 3 built-in transforms → blackhole, next to a bare serde_json parse +
-    /// serialize of the same events; events/s and peak RSS.
-    Engine {
-        /// Events per run.
-        #[arg(long, default_value_t = 1_000_000)]
-        events: u64,
-    },
-    /// The engine pipeline with tracing off, then on at 1% and 100% sampling (spans exported
-    /// over OTLP/HTTP to an in-process receiver); events/s and CPU per event against off.
-    Tracing {
-        /// Events per run.
-        #[arg(long, default_value_t = 500_000)]
-        events: u64,
-        /// Runs of each setting (interleaved).
-        #[arg(long, default_value_t = 5)]
-        rounds: u32,
-    },
-    /// generator → WASM filter / map → blackhole next to the built-in `filter` / `remap` doing the
-    /// same job: events/s, ratios, per-event overhead. Needs scripts/build-wasm-examples.sh.
-    Wasm {
-        /// Events per run.
-        #[arg(long, default_value_t = 1_000_000)]
-        events: u64,
-        /// Runs of each pipeline (interleaved; the best run counts).
-        #[arg(long, default_value_t = 3)]
-        rounds: u32,
-        /// Directory of the example modules [default: ${CARGO_TARGET_DIR:-target}/wasm-examples/out].
-        #[arg(long)]
-        modules: Option<PathBuf>,
-    },
-    /// Kafka topic → extract_activation → Kafka topic with 1 KB activation records, next to a raw
-    /// librdkafka consume→produce pipe on the same broker in the same run; events/s and the ratio.
-    Kafka {
-        /// Records per run.
-        #[arg(long, default_value_t = 200_000)]
-        events: u64,
-        /// Bootstrap brokers (default: start tansu from FEEDLINE_TANSU or the install script's place).
-        #[arg(long)]
-        brokers: Option<String>,
-        /// Runs of each pipe (interleaved; the best run counts).
-        #[arg(long, default_value_t = 1)]
-        rounds: u32,
-    },
-    /// Activations persisted per second (generator → extract_activation → couchdb) next to a
-    /// direct `_bulk_docs` loop on the same server, and a `rate_limit` check.
-    Couchdb {
-        /// Activations per throughput run.
-        #[arg(long, default_value_t = 100_000)]
-        events: u64,
-        /// CouchDB URL (default: start pouchdb-server from FEEDLINE_POUCHDB or the install script's place).
-        #[arg(long)]
-        url: Option<String>,
-        /// `rate_limit` of the rate run, documents/s.
-        #[arg(long, default_value_t = 500.0)]
-        rate: f64,
-        /// Activations of the rate run.
-        #[arg(long, default_value_t = 5_000)]
-        rate_events: u64,
-    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -196,8 +123,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (config, exporting) = match &cli.command {
         Command::Run { telemetry_config, .. } => (telemetry_config.as_deref(), true),
-        // Its measuring children configure themselves from OTEL_* like `run`.
-        Command::Bench { which: Bench::Tracing { .. } } => (None, true),
         _ => (None, false),
     };
     let installed = match telemetry::init(cli.log_format, config, exporting) {
@@ -216,15 +141,6 @@ fn main() -> ExitCode {
         Command::Test { paths } => commands::test(&paths),
         Command::Graph { path, format } => commands::graph(&path, matches!(format, GraphFormat::Dot)),
         Command::Schema { format } => commands::schema(matches!(format, SchemaFormat::Markdown)),
-        Command::Bench { which } => match which {
-            Bench::Engine { events } => bench::run(events),
-            Bench::Tracing { events, rounds } => bench_tracing::run(events, rounds, &installed),
-            Bench::Wasm { events, rounds, modules } => bench_wasm::run(events, rounds, modules),
-            Bench::Kafka { events, brokers, rounds } => bench_kafka::run(events, brokers, rounds),
-            Bench::Couchdb { events, url, rate, rate_events } => {
-                bench_couchdb::run(bench_couchdb::Options { events, url, rate, rate_events })
-            }
-        },
     };
     installed.shutdown();
     match result {

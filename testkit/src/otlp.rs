@@ -1,6 +1,7 @@
 //! A real OTLP trace receiver for tests: gRPC (tonic, with `opentelemetry-proto`'s generated
 //! `TraceService` server) and HTTP/protobuf (`POST /v1/traces`), both on free 127.0.0.1 ports.
-//! Every span it receives is recorded, flattened into [`ReceivedSpan`], for tests to assert on.
+//! Every span it receives is recorded, flattened into [`ReceivedSpan`], for tests to assert on;
+//! [`OtlpReceiver::start_counting`] makes one that only counts requests and bytes (benchmarks).
 //! It runs on its own thread and Tokio runtime and stops when dropped.
 
 use std::collections::BTreeMap;
@@ -59,12 +60,24 @@ impl ReceivedSpan {
 
 #[derive(Default)]
 struct Shared {
+    /// Only count requests and bytes: decode nothing, keep nothing.
+    counting: bool,
     spans: Mutex<Vec<ReceivedSpan>>,
     requests: Mutex<u64>,
+    bytes: Mutex<u64>,
 }
 
 impl Shared {
+    fn count(&self, bytes: usize) {
+        *self.requests.lock().unwrap() += 1;
+        *self.bytes.lock().unwrap() += bytes as u64;
+    }
+
     fn record(&self, request: ExportTraceServiceRequest, transport: &'static str) {
+        self.count(request.encoded_len());
+        if self.counting {
+            return;
+        }
         let mut out = Vec::new();
         for rs in request.resource_spans {
             let service = rs
@@ -100,7 +113,6 @@ impl Shared {
             }
         }
         self.spans.lock().unwrap().extend(out);
-        *self.requests.lock().unwrap() += 1;
     }
 }
 
@@ -155,13 +167,24 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// Start both listeners on free 127.0.0.1 ports.
     pub fn start() -> Self {
+        Self::launch(false)
+    }
+
+    /// Start a receiver that accepts every export and only counts requests and bytes: no span
+    /// is decoded (over HTTP) or kept, so it costs next to nothing while a benchmark measures the
+    /// exporting process.
+    pub fn start_counting() -> Self {
+        Self::launch(true)
+    }
+
+    fn launch(counting: bool) -> Self {
         let grpc_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind grpc");
         let http_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind http");
         grpc_listener.set_nonblocking(true).unwrap();
         http_listener.set_nonblocking(true).unwrap();
         let grpc = grpc_listener.local_addr().unwrap();
         let http = http_listener.local_addr().unwrap();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared { counting, ..Shared::default() });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -194,6 +217,11 @@ impl OtlpReceiver {
         *self.shared.requests.lock().unwrap()
     }
 
+    /// Protobuf bytes of the export requests received so far.
+    pub fn bytes(&self) -> u64 {
+        *self.shared.bytes.lock().unwrap()
+    }
+
     /// Poll until `cond` holds on the spans received (or `timeout`); returns whether it held.
     pub fn wait_for(&self, timeout: Duration, mut cond: impl FnMut(&[ReceivedSpan]) -> bool) -> bool {
         crate::wait_until(timeout, || cond(&self.shared.spans.lock().unwrap()))
@@ -222,6 +250,15 @@ async fn serve(
         axum::routing::post(move |body: axum::body::Bytes| {
             let h = h.clone();
             async move {
+                if h.counting {
+                    h.count(body.len());
+                    // An empty ExportTraceServiceResponse is an empty protobuf message.
+                    return (
+                        axum::http::StatusCode::OK,
+                        [("content-type", "application/x-protobuf")],
+                        Vec::new(),
+                    );
+                }
                 match ExportTraceServiceRequest::decode(body) {
                     Ok(req) => {
                         h.record(req, "http");

@@ -52,7 +52,3 @@ impl SinkConfig for KafkaSinkConfig {
         Ok(Arc::new(sink::KafkaSink::new(self)?))
     }
 }
-
-/// The rdkafka crate this connector is built on, for tools next to it (`feedline bench kafka`'s
-/// raw baseline) so they link the very same librdkafka.
-pub use rdkafka;

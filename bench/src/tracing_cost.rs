@@ -1,17 +1,16 @@
-//! `feedline bench tracing`: what tracing costs the engine pipeline, measured in one run.
+//! `feedline-bench tracing`: what tracing costs the engine pipeline, measured in one run.
 //!
-//! The pipeline is `feedline bench engine`'s (generator → drop_own_cluster → soft_delete →
-//! invalidate_cache → blackhole). Each setting runs in a child process of this binary, set up
-//! exactly as `feedline run` sets itself up from `OTEL_*` variables: tracing off, then
-//! parent-based trace-id-ratio sampling at 1% and at 100%, exporting OTLP/HTTP-protobuf to a
-//! receiver in this (parent) process that accepts and counts requests. Settings are interleaved
-//! over the rounds in a rotating order, so machine noise hits all of them alike. The report gives
-//! the best wall-clock throughput and the median CPU time per event (process CPU, export thread
-//! and final flush included) — the steadier figure on a shared machine.
+//! The pipeline is `feedline-bench engine`'s (generator → drop_own_cluster → soft_delete →
+//! invalidate_cache → blackhole). Each setting runs in a child process of this binary
+//! (`feedline-bench tracing-child`), set up exactly as `feedline run` sets itself up from `OTEL_*`
+//! variables (by `feedline`'s own telemetry module): tracing off, then parent-based
+//! trace-id-ratio sampling at 1% and at 100%, exporting OTLP/HTTP-protobuf to the test kit's
+//! receiver in this (parent) process, which only counts requests and bytes. Settings are
+//! interleaved over the rounds in a rotating order, so machine noise hits all of them alike. The
+//! report gives the best wall-clock throughput and the median CPU time per event (process CPU,
+//! export thread and final flush included) — the steadier figure on a shared machine.
 
-use std::net::SocketAddr;
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,20 +18,18 @@ use anyhow::{bail, Context as _};
 use feedline_engine::health::Health;
 use feedline_engine::metrics::Metrics;
 use feedline_engine::runtime::{run_pipeline_traced, RuntimeOptions};
+use feedline_testkit::otlp::OtlpReceiver;
 use tokio_util::sync::CancellationToken;
 
-use crate::bench::{cpu_seconds, median};
+use crate::common::{cpu_seconds, load_pipeline, median, pipeline_toml};
 use crate::telemetry::Installed;
-
-/// Set in the children: run one measurement and print it.
-const CHILD_ENV: &str = "FEEDLINE_BENCH_TRACING_CHILD";
 
 /// One measurement in a child, printed as
 /// `events_per_sec=… cpu_us_per_event=… exported=… dropped=…`.
-fn child(events: u64, installed: &Installed) -> anyhow::Result<ExitCode> {
+pub fn child(events: u64, installed: &Installed) -> anyhow::Result<ExitCode> {
     let dir = std::env::temp_dir().join(format!("feedline-bench-tracing-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let def = crate::bench::load_pipeline(&dir, &crate::bench::pipeline_toml("bench-tracing", events))?;
+    let def = load_pipeline(&dir, &pipeline_toml("bench-tracing", events))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let options = RuntimeOptions { data_dir: dir.join("data"), drain_timeout: Duration::from_secs(60) };
     let cpu_before = cpu_seconds();
@@ -61,49 +58,6 @@ fn child(events: u64, installed: &Installed) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// An OTLP/HTTP endpoint that accepts every export and counts requests and bytes.
-struct Receiver {
-    addr: SocketAddr,
-    requests: Arc<AtomicU64>,
-    bytes: Arc<AtomicU64>,
-    stop: CancellationToken,
-}
-
-impl Receiver {
-    fn start() -> anyhow::Result<Self> {
-        let requests = Arc::new(AtomicU64::new(0));
-        let bytes = Arc::new(AtomicU64::new(0));
-        let stop = CancellationToken::new();
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        std_listener.set_nonblocking(true)?;
-        let addr = std_listener.local_addr()?;
-        let (r, b, s) = (requests.clone(), bytes.clone(), stop.clone());
-        std::thread::Builder::new().name("otlp-receiver".into()).spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-            rt.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else { return };
-                let app = axum::Router::new().route(
-                    "/v1/traces",
-                    axum::routing::post(move |body: axum::body::Bytes| async move {
-                        r.fetch_add(1, Ordering::Relaxed);
-                        b.fetch_add(body.len() as u64, Ordering::Relaxed);
-                        // An empty ExportTraceServiceResponse is an empty protobuf message.
-                        ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
-                    }),
-                );
-                let _ = axum::serve(listener, app).with_graceful_shutdown(s.cancelled_owned()).await;
-            });
-        })?;
-        Ok(Self { addr, requests, bytes, stop })
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
 #[derive(Clone, Copy)]
 struct Setting {
     label: &'static str,
@@ -117,11 +71,10 @@ struct Measured {
     dropped: u64,
 }
 
-fn measure(events: u64, setting: Setting, receiver: &Receiver) -> anyhow::Result<Measured> {
-    let exe = std::env::current_exe().context("locating the feedline binary")?;
+fn measure(events: u64, setting: Setting, receiver: &OtlpReceiver) -> anyhow::Result<Measured> {
+    let exe = std::env::current_exe().context("locating the feedline-bench binary")?;
     let mut cmd = Command::new(exe);
-    cmd.args(["bench", "tracing", "--events", &events.to_string()])
-        .env(CHILD_ENV, "1")
+    cmd.args(["tracing-child", "--events", &events.to_string()])
         // `feedline run`'s default: batch spans are live as log context even with tracing off.
         .env("RUST_LOG", "info")
         .stdin(Stdio::null());
@@ -138,7 +91,7 @@ fn measure(events: u64, setting: Setting, receiver: &Receiver) -> anyhow::Result
         cmd.env_remove(var);
     }
     if let Some(ratio) = setting.ratio {
-        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{}", receiver.addr))
+        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.http_endpoint())
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
             .env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
             .env("OTEL_TRACES_SAMPLER_ARG", ratio.to_string())
@@ -165,11 +118,8 @@ fn measure(events: u64, setting: Setting, receiver: &Receiver) -> anyhow::Result
     })
 }
 
-pub fn run(events: u64, rounds: u32, installed: &Installed) -> anyhow::Result<ExitCode> {
-    if std::env::var_os(CHILD_ENV).is_some() {
-        return child(events, installed);
-    }
-    let receiver = Receiver::start()?;
+pub fn run(events: u64, rounds: u32) -> anyhow::Result<ExitCode> {
+    let receiver = OtlpReceiver::start_counting();
     let settings = [
         Setting { label: "off", ratio: None },
         Setting { label: "on, 1% sampled", ratio: Some(0.01) },
@@ -201,7 +151,7 @@ pub fn run(events: u64, rounds: u32, installed: &Installed) -> anyhow::Result<Ex
         .collect();
     let (off_best, off_cpu) = summary[0];
     println!(
-        "feedline bench tracing: {events} events, generator → 3 transforms → blackhole, {rounds} interleaved \
+        "feedline-bench tracing: {events} events, generator → 3 transforms → blackhole, {rounds} interleaved \
          runs per setting, OTLP/HTTP-protobuf to an in-process receiver"
     );
     println!(
@@ -226,8 +176,8 @@ pub fn run(events: u64, rounds: u32, installed: &Installed) -> anyhow::Result<Ex
     println!("  (process CPU, export thread and final flush included); spans sent/dropped: the largest run");
     println!(
         "  receiver: {} export requests, {:.1} MiB",
-        receiver.requests.load(Ordering::Relaxed),
-        receiver.bytes.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0)
+        receiver.requests(),
+        receiver.bytes() as f64 / (1024.0 * 1024.0)
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,6 @@
-//! `cargo bench -p feedline --bench cosmos [-- --rate 1000 --seconds 10 --backlog 100000]`: the
-//! cache-invalidation path — `cosmos_change_feed` (default poll
-//! settings) → `invalidate_cache` → `kafka` sink — run in this process.
+//! `feedline-bench cosmos [--rate 1000 --seconds 10 --backlog 100000]`: the cache-invalidation
+//! path — `cosmos_change_feed` (default poll settings) → `invalidate_cache` → `kafka` sink — run
+//! in this process.
 //!
 //! - latency: documents are upserted at `--rate` per second for `--seconds` (open loop: each write
 //!   starts at its scheduled time, whatever the previous ones are doing), each with its own id.
@@ -12,12 +12,9 @@
 //!   gives changes/s. A consumer then checks that each id arrived.
 //!
 //! Cosmos DB is the test kit's server (Microsoft's in-memory emulator behind an HTTP front that
-//! checks master-key signatures) on a free port; Kafka is tansu from `FEEDLINE_TANSU` or
-//! `scripts/install-tansu.sh`'s location. The consumer uses `fetch.wait.max.ms=10` (tansu holds
+//! checks master-key signatures) on a free port; Kafka is the test kit's tansu, from
+//! `FEEDLINE_TANSU` or `scripts/install-tansu.sh`'s location. The consumer uses `fetch.wait.max.ms=10` (tansu holds
 //! every fetch that long), so up to ~10 ms of each latency is the measuring consumer's.
-//!
-//! A bench target rather than a `feedline bench` subcommand: the Cosmos server is test code
-//! (the SDK's in-memory emulator) and must not ship in the `feedline` binary.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use azure_data_cosmos::clients::ContainerClient;
-use feedline_connectors::kafka::rdkafka;
 use feedline_engine::config::load_file;
 use feedline_engine::health::Health;
 use feedline_engine::metrics::{ComponentMetrics, Metrics};
@@ -41,8 +37,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use clap::Parser;
-use feedline_engine::Registry;
+use crate::common::registry;
 
 const DB: &str = "whisk";
 /// Physical partitions (feed ranges) of each watched container.
@@ -53,11 +48,8 @@ const PIPELINE: &str = "bench-cosmos";
 const SINK_ID: &str = "to-kafka";
 
 /// What to measure.
-#[derive(Parser)]
-#[command(
-    about = "Cosmos change feed → invalidate_cache → Kafka: write-to-message latency and backlog drain"
-)]
-struct Options {
+#[derive(clap::Args)]
+pub struct Options {
     /// Upserts per second of the latency run.
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
@@ -67,26 +59,6 @@ struct Options {
     /// Documents written before the backlog run starts (0 skips it).
     #[arg(long, default_value_t = 100_000)]
     backlog: u64,
-    /// Passed by `cargo bench`; ignored.
-    #[arg(long, hide = true)]
-    bench: bool,
-}
-
-fn registry() -> Registry {
-    let mut registry = Registry::new();
-    feedline_connectors::register(&mut registry);
-    feedline_transforms::register(&mut registry);
-    registry
-}
-
-fn main() -> ExitCode {
-    match run(Options::parse()) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 /// A whisk-like action document, ~0.7 KB, stored with id `guest|<name>` (sent as `guest/<name>`).
@@ -537,7 +509,7 @@ fn backlog_run(
     Ok(())
 }
 
-fn run(opts: Options) -> anyhow::Result<ExitCode> {
+pub fn run(opts: Options) -> anyhow::Result<ExitCode> {
     if !(opts.rate > 0.0 && opts.rate.is_finite()) {
         bail!("--rate must be a positive number of upserts per second");
     }
@@ -553,7 +525,7 @@ fn run(opts: Options) -> anyhow::Result<ExitCode> {
     let tansu = Tansu::start();
     let brokers = tansu.brokers();
     println!(
-        "feedline bench cosmos: cosmos_change_feed (poll_interval_ms = 50, max_items = 1000: defaults) → \
+        "feedline-bench cosmos: cosmos_change_feed (poll_interval_ms = 50, max_items = 1000: defaults) → \
          invalidate_cache → kafka"
     );
     println!(

@@ -1,4 +1,4 @@
-//! `feedline bench wasm`: WASM transforms next to built-in ones doing the same job, in one run.
+//! `feedline-bench wasm`: WASM transforms next to built-in ones doing the same job, in one run.
 //!
 //! Pipelines: generator (Cosmos-style changes) → one transform → blackhole, with full delivery
 //! tracking, batches of 1,000:
@@ -63,7 +63,7 @@ fn metric(text: &str, family: &str, filter: &str) -> f64 {
 }
 
 fn run_once(dir: &Path, events: u64, transform: &str, modules: &Path) -> anyhow::Result<Run> {
-    let (took, metrics) = crate::bench::time_pipeline(dir, &pipeline_toml(events, transform, modules))?;
+    let (took, metrics) = crate::common::time_pipeline(dir, &pipeline_toml(events, transform, modules))?;
     let _ = std::fs::remove_dir_all(dir.join("data"));
     let text = metrics.render();
     Ok(Run {
@@ -106,7 +106,7 @@ pub fn run(events: u64, rounds: u32, modules: Option<PathBuf>) -> anyhow::Result
     let _ = std::fs::remove_dir_all(&dir);
     let rate = |r: &Run| events as f64 / r.took.as_secs_f64();
     println!(
-        "feedline bench wasm: {events} Cosmos-style change events, generator → transform → blackhole, \
+        "feedline-bench wasm: {events} Cosmos-style change events, generator → transform → blackhole, \
          best of {rounds}"
     );
     let mut met = true;

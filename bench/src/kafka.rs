@@ -1,4 +1,4 @@
-//! `feedline bench kafka`: Kafka → `extract_activation` → Kafka next to a raw librdkafka
+//! `feedline-bench kafka`: Kafka → `extract_activation` → Kafka next to a raw librdkafka
 //! consume→produce pipe, same broker, same run, same records.
 //!
 //! Input: N activation-completion messages (~1 KB JSON, the generator's `activation` shape) in a
@@ -10,23 +10,22 @@
 //!   `extract_activation` → the kafka sink (JSON encoding, one delivery report per event).
 //! - raw: one thread polls librdkafka and hands each record's bytes to a producer; no parsing.
 //!
-//! The broker is tansu started from `FEEDLINE_TANSU` or `scripts/install-tansu.sh`'s location,
-//! unless `--brokers` names one. Both pipes use `fetch.wait.max.ms=10` (tansu holds every fetch
+//! The broker is the test kit's tansu (from `FEEDLINE_TANSU` or `scripts/install-tansu.sh`'s
+//! location), unless `--brokers` names one. Both pipes use `fetch.wait.max.ms=10` (tansu holds every fetch
 //! that long). The feedline pipe never pauses partitions here (tansu resumes a paused partition
 //! past the rest of a record batch; this is a throughput run, not a delivery test).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use feedline_connectors::generator::{render, Shape};
-use feedline_connectors::kafka::rdkafka;
 use feedline_engine::health::Health;
 use feedline_engine::metrics::Metrics;
 use feedline_engine::runtime::{run_pipeline, RuntimeOptions};
+use feedline_testkit::tansu::{tansu_path, Tansu};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -36,49 +35,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::bench::median;
+use crate::common::{cpu_seconds, load_pipeline, median, status_mib};
 
 const PARTITIONS: i32 = 4;
 const FETCH_WAIT_MS: &str = "10";
-
-/// tansu in memory on a free 127.0.0.1 port; killed on drop.
-struct Tansu {
-    child: Child,
-    brokers: String,
-}
-
-impl Tansu {
-    fn start() -> anyhow::Result<Self> {
-        let bin = crate::bench::installed_tool("FEEDLINE_TANSU", "tansu-0.6.0/bin/tansu");
-        if !bin.is_file() {
-            bail!(
-                "tansu not found at {} (run scripts/install-tansu.sh, set FEEDLINE_TANSU, or pass --brokers)",
-                bin.display()
-            );
-        }
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let broker = Tansu { child, brokers: format!("127.0.0.1:{port}") };
-        crate::bench::wait_accepting(&broker.brokers, "tansu")?;
-        Ok(broker)
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Counts delivery reports.
 #[derive(Default)]
@@ -180,9 +140,9 @@ struct Run {
 }
 
 fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, f64)> {
-    let before = crate::bench::cpu_seconds();
+    let before = cpu_seconds();
     let out = f()?;
-    let used = crate::bench::cpu_seconds().zip(before).map(|(after, before)| after - before);
+    let used = cpu_seconds().zip(before).map(|(after, before)| after - before);
     Ok((out, used.unwrap_or(f64::NAN)))
 }
 
@@ -252,7 +212,7 @@ fn feedline_pipe(
     let dir = std::env::temp_dir().join(format!("feedline-bench-kafka-{}-{round}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let group = format!("bench-feedline-{}-{round}", std::process::id());
-    let def = crate::bench::load_pipeline(&dir, &pipeline_toml(brokers, input, output, &group))?;
+    let def = load_pipeline(&dir, &pipeline_toml(brokers, input, output, &group))?;
     let options = RuntimeOptions { data_dir: dir.join("data"), drain_timeout: Duration::from_secs(30) };
     let metrics = Metrics::new();
     let delivered = metrics.component("bench-kafka", "kafka", "sink").events_out;
@@ -265,7 +225,7 @@ fn feedline_pipe(
             stop.cancel();
             bail!("feedline pipe delivered only {} of {events}", delivered.get());
         }
-        rss = rss.max(crate::bench::status_mib("VmRSS").unwrap_or(f64::NAN));
+        rss = rss.max(status_mib("VmRSS").unwrap_or(f64::NAN));
         std::thread::sleep(Duration::from_millis(2));
     }
     let elapsed = started.elapsed();
@@ -279,9 +239,13 @@ pub fn run(events: u64, brokers: Option<String>, rounds: u32) -> anyhow::Result<
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let tansu = match brokers {
         Some(_) => None,
-        None => Some(Tansu::start()?),
+        None if !tansu_path().is_file() => bail!(
+            "tansu not found at {} (run scripts/install-tansu.sh, set FEEDLINE_TANSU, or pass --brokers)",
+            tansu_path().display()
+        ),
+        None => Some(Tansu::start()),
     };
-    let brokers = brokers.or_else(|| tansu.as_ref().map(|t| t.brokers.clone())).unwrap_or_default();
+    let brokers = brokers.or_else(|| tansu.as_ref().map(Tansu::brokers)).unwrap_or_default();
     let id = std::process::id();
     let input = format!("bench-in-{id}");
     let mut outputs = Vec::new();
@@ -294,7 +258,7 @@ pub fn run(events: u64, brokers: Option<String>, rounds: u32) -> anyhow::Result<
     let filling = Instant::now();
     let size = fill(&brokers, &input, events)?;
     eprintln!(
-        "bench kafka: {events} records (~{size} bytes) in {input} on {brokers}, written in {:?}",
+        "feedline-bench kafka: {events} records (~{size} bytes) in {input} on {brokers}, written in {:?}",
         filling.elapsed()
     );
 
@@ -334,7 +298,7 @@ pub fn run(events: u64, brokers: Option<String>, rounds: u32) -> anyhow::Result<
     let best = |xs: Vec<f64>| xs.into_iter().fold(f64::NAN, f64::max);
     let cpu_per_100k =
         |runs: &[Run]| median(runs.iter().map(|r| r.cpu * 100_000.0 / events as f64).collect());
-    println!("feedline bench kafka: {events} activation records (~{size} B JSON), {PARTITIONS} partitions, broker {brokers}, {} rounds", raws.len());
+    println!("feedline-bench kafka: {events} activation records (~{size} B JSON), {PARTITIONS} partitions, broker {brokers}, {} rounds", raws.len());
     let figures = |runs: &[Run]| {
         format!(
             "median {:>8.0} events/s   best {:>8.0} events/s   {:.2} CPU s per 100k",

@@ -1,29 +1,29 @@
-//! `feedline bench couchdb`: activations persisted per second through the engine next to a direct
+//! `feedline-bench couchdb`: activations persisted per second through the engine next to a direct
 //! `_bulk_docs` loop on the same server in the same run, and a `rate_limit` check.
 //!
 //! - feedline: generator (activation completion messages, rendered and parsed like real input) →
 //!   `extract_activation` → `couchdb` sink (batches of 1000, `max_in_flight = 4`), with full
 //!   delivery tracking.
 //! - baseline: the same activation documents, already extracted, serialized and posted with
-//!   `_bulk_docs` in batches of 1000, 4 requests in flight — the least any persister must do.
+//!   `_bulk_docs` in batches of 1000, 4 requests in flight, with an HTTP client set up like the
+//!   connector's — the least any persister must do.
 //! - rate: the feedline pipeline with `rate_limit` set; documents/s measured on the server.
 //!
-//! Without `--url` a pouchdb-server is started (in memory, on a free 127.0.0.1 port) from
+//! Without `--url` the test kit starts a pouchdb-server (in memory, on a free 127.0.0.1 port) from
 //! `FEEDLINE_POUCHDB` or where `scripts/install-pouchdb.sh` installs it.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use feedline_connectors::couchdb::RawBulkWriter;
 use feedline_connectors::generator::{render, Shape};
 use feedline_engine::health::Health;
 use feedline_engine::metrics::Metrics;
 use feedline_engine::runtime::{run_pipeline, RuntimeOptions};
 use feedline_engine::{BuildContext, Event, Metadata, Output, TransformConfig};
+use feedline_testkit::couchdb::{encode, pouchdb_path, CouchDb};
 use feedline_transforms::extract_activation::ExtractActivationConfig;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -43,46 +43,66 @@ pub struct Options {
     pub rate_events: u64,
 }
 
-/// A pouchdb-server started for the benchmark; killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-    dir: PathBuf,
+/// Posts pre-serialized `_bulk_docs` bodies and nothing else: the baseline. Its HTTP client is set
+/// up like the `couchdb` connector's (10 s connect timeout, 32 idle connections per host, JSON
+/// accepted), with 60 s per request.
+struct BulkWriter {
+    http: reqwest::Client,
+    /// `<url>/<database>`.
+    db: String,
 }
 
-impl Server {
-    fn start() -> anyhow::Result<Self> {
-        let bin = crate::bench::installed_tool(
-            "FEEDLINE_POUCHDB",
-            "pouchdb-server/node_modules/.bin/pouchdb-server",
-        );
-        if !bin.is_file() {
-            bail!(
-                "pouchdb-server not found at {} (run scripts/install-pouchdb.sh, or pass --url)",
-                bin.display()
-            );
-        }
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir = scratch("server")?;
-        let child = Command::new(&bin)
-            .current_dir(&dir)
-            .args(["--in-memory", "-o", "127.0.0.1", "-p", &port.to_string(), "-n"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
-        let server = Server { child, url: format!("http://127.0.0.1:{port}"), dir };
-        crate::bench::wait_accepting(&format!("127.0.0.1:{port}"), "pouchdb-server")?;
-        Ok(server)
+impl BulkWriter {
+    /// A writer for `database` at `url` (no I/O).
+    fn new(url: &str, database: &str) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(32)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .context("HTTP client")?;
+        Ok(Self { http, db: format!("{}/{}", url.trim_end_matches('/'), encode(database)) })
     }
-}
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+    /// One JSON request; the answer on 2xx (or on `also_ok`), an error otherwise.
+    async fn json(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        body: Option<Vec<u8>>,
+        also_ok: Option<u16>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut req =
+            self.http.request(method.clone(), &url).header(reqwest::header::ACCEPT, "application/json");
+        if let Some(body) = body {
+            req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+        }
+        let resp = req.send().await.with_context(|| format!("{method} {url}"))?;
+        let status = resp.status();
+        let text = resp.text().await.with_context(|| format!("{method} {url}: reading the answer"))?;
+        if !status.is_success() && Some(status.as_u16()) != also_ok {
+            bail!("{method} {url}: {status}: {text}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("{method} {url}: not JSON: {text}"))
+    }
+
+    /// Create the database (fine when it exists).
+    async fn create_database(&self) -> anyhow::Result<()> {
+        self.json(reqwest::Method::PUT, self.db.clone(), None, Some(412)).await.map(drop)
+    }
+
+    /// POST one `{"docs": [...]}` body; the number of documents stored.
+    async fn post(&self, body: Vec<u8>) -> anyhow::Result<usize> {
+        let rows =
+            self.json(reqwest::Method::POST, format!("{}/_bulk_docs", self.db), Some(body), None).await?;
+        let rows = rows.as_array().context("_bulk_docs answered no array")?;
+        Ok(rows.iter().filter(|r| r.get("ok").is_some()).count())
+    }
+
+    /// The database's `doc_count`.
+    async fn doc_count(&self) -> anyhow::Result<u64> {
+        let info = self.json(reqwest::Method::GET, self.db.clone(), None, None).await?;
+        Ok(info.get("doc_count").and_then(serde_json::Value::as_u64).unwrap_or(0))
     }
 }
 
@@ -122,7 +142,7 @@ batch = {{ max_events = {BATCH} }}
 /// Run the persister pipeline to completion; its wall time.
 async fn feedline_run(url: &str, database: &str, events: u64, rate: Option<f64>) -> anyhow::Result<Duration> {
     let dir = scratch("pipeline")?;
-    let def = crate::bench::load_pipeline(&dir, &pipeline_toml(url, database, events, rate))?;
+    let def = crate::common::load_pipeline(&dir, &pipeline_toml(url, database, events, rate))?;
     let options = RuntimeOptions { data_dir: dir.join("data"), drain_timeout: Duration::from_secs(60) };
     let started = Instant::now();
     let result =
@@ -163,8 +183,8 @@ fn documents(events: u64) -> anyhow::Result<Vec<serde_json::Value>> {
 }
 
 /// Post `docs` with `_bulk_docs`, `IN_FLIGHT` requests at a time; the wall time.
-async fn baseline_run(writer: Arc<RawBulkWriter>, docs: Vec<serde_json::Value>) -> anyhow::Result<Duration> {
-    writer.create_database().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+async fn baseline_run(writer: Arc<BulkWriter>, docs: Vec<serde_json::Value>) -> anyhow::Result<Duration> {
+    writer.create_database().await?;
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     let mut stored = 0;
@@ -174,7 +194,7 @@ async fn baseline_run(writer: Arc<RawBulkWriter>, docs: Vec<serde_json::Value>) 
         }
         let body = serde_json::to_vec(&serde_json::json!({ "docs": chunk }))?;
         let writer = writer.clone();
-        tasks.spawn(async move { writer.post(body).await.map_err(|e| anyhow::anyhow!("{e}")) });
+        tasks.spawn(async move { writer.post(body).await });
     }
     while let Some(r) = tasks.join_next().await {
         stored += r??;
@@ -215,19 +235,19 @@ async fn rate_run(url: &str, database: &str, events: u64, rate: f64) -> anyhow::
 }
 
 async fn count(url: &str, database: &str) -> anyhow::Result<u64> {
-    RawBulkWriter::new(url, database)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .doc_count()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    BulkWriter::new(url, database)?.doc_count().await
 }
 
 pub fn run(opts: Options) -> anyhow::Result<ExitCode> {
     let server = match &opts.url {
         Some(_) => None,
-        None => Some(Server::start()?),
+        None if !pouchdb_path().is_file() => bail!(
+            "pouchdb-server not found at {} (run scripts/install-pouchdb.sh, set FEEDLINE_POUCHDB, or pass --url)",
+            pouchdb_path().display()
+        ),
+        None => Some(CouchDb::start()),
     };
-    let url = opts.url.clone().or_else(|| server.as_ref().map(|s| s.url.clone())).unwrap_or_default();
+    let url = opts.url.clone().or_else(|| server.as_ref().map(CouchDb::url)).unwrap_or_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let stamp = std::process::id();
     let n = opts.events;
@@ -237,7 +257,7 @@ pub fn run(opts: Options) -> anyhow::Result<ExitCode> {
     let (mut base_best, mut engine_best) = (Duration::MAX, Duration::MAX);
     for round in 0..2 {
         let db = format!("bench-direct-{stamp}-{round}");
-        let writer = Arc::new(RawBulkWriter::new(&url, &db).map_err(|e| anyhow::anyhow!("{e}"))?);
+        let writer = Arc::new(BulkWriter::new(&url, &db)?);
         let base = runtime.block_on(baseline_run(writer, docs.clone()))?;
         let db_feedline = format!("bench-feedline-{stamp}-{round}");
         let engine = runtime.block_on(feedline_run(&url, &db_feedline, n, None))?;
@@ -256,7 +276,7 @@ pub fn run(opts: Options) -> anyhow::Result<ExitCode> {
     let db_rate = format!("bench-rate-{stamp}");
     let (achieved, window) = runtime.block_on(rate_run(&url, &db_rate, opts.rate_events, opts.rate))?;
     let deviation = (achieved / opts.rate - 1.0) * 100.0;
-    println!("feedline bench couchdb: {n} activations (~1 KB messages) into {url} (best of 2 rounds)");
+    println!("feedline-bench couchdb: {n} activations (~1 KB messages) into {url} (best of 2 rounds)");
     println!(
         "  direct _bulk_docs loop ({BATCH}/request, {IN_FLIGHT} in flight): {:>8.0} docs/s",
         rate(base_best)
