@@ -82,9 +82,6 @@ pub(super) async fn run(driver: SinkDriver, mut rx: mpsc::Receiver<Rejected>, pi
     }
     drop(tx);
     if let Some(message) = super::panic_of(driver_task.await) {
-        if let Ok(mut r) = fatal_reason.lock() {
-            r.get_or_insert(format!("the dead-letter sink panicked: {message}"));
-        }
-        fatal.cancel();
+        super::fail_pipeline(&fatal, &fatal_reason, format!("the dead-letter sink panicked: {message}"));
     }
 }

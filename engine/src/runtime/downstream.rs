@@ -91,10 +91,7 @@ impl Chain {
             // again after a restart.
             tracing::error!(error = %panic, "transform panicked; stopping the pipeline");
             self.broken = true;
-            if let Ok(mut r) = self.fatal_reason.lock() {
-                r.get_or_insert(panic.to_string());
-            }
-            self.fatal.cancel();
+            super::fail_pipeline(&self.fatal, &self.fatal_reason, panic.to_string());
             Closed
         })
     }

@@ -92,10 +92,7 @@ impl Shared {
     }
 
     fn fail(&self, reason: String) {
-        if let Ok(mut r) = self.fatal_reason.lock() {
-            r.get_or_insert(reason);
-        }
-        self.fatal.cancel();
+        fail_pipeline(&self.fatal, &self.fatal_reason, reason);
     }
 
     fn task_ended(&self, joined: Result<(), tokio::task::JoinError>) {
@@ -289,6 +286,14 @@ pub async fn run_pipeline_traced(
             Ok(())
         }
     }
+}
+
+/// Stop the pipeline for `reason` (the first reason given is the one reported).
+pub(crate) fn fail_pipeline(fatal: &CancellationToken, fatal_reason: &Mutex<Option<String>>, reason: String) {
+    if let Ok(mut r) = fatal_reason.lock() {
+        r.get_or_insert(reason);
+    }
+    fatal.cancel();
 }
 
 /// The text a panic carried (`panic!("...")` payloads are `&str` or `String`).

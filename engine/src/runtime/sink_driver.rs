@@ -130,10 +130,7 @@ impl SinkDriver {
     }
 
     pub(crate) fn fail(&self, reason: String) {
-        if let Ok(mut r) = self.fatal_reason.lock() {
-            r.get_or_insert(reason);
-        }
-        self.fatal.cancel();
+        super::fail_pipeline(&self.fatal, &self.fatal_reason, reason);
     }
 
     /// A panicking sink is a bug, not bad input: its batch stays unacknowledged (re-read after a
