@@ -208,7 +208,11 @@ fn numbers_outside_their_declared_range_are_located() {
     expect_error(
         &format!("{GOOD_SOURCE}[[sinks]]\ntype = \"blackhole\"\nmax_in_flight = 100000000\nbatch = {{ max_events = 0 }}\n"),
         &[],
-        &["error: `max_in_flight`, `batch.max_events` and `buffer` must be at least 1"],
+        &[
+            "error: invalid value for `max_events` in sink `blackhole`: 0 is too small",
+            "--> DIR/p.toml:7:24",
+            "= hint: valid range: 1 to 1000000",
+        ],
     );
     expect_error(
         &format!("{GOOD_SOURCE}[[sinks]]\ntype = \"blackhole\"\nmax_in_flight = 100000000\nbatch = {{ max_events = 100000000 }}\n"),

@@ -487,15 +487,6 @@ impl Loader<'_> {
                 return None;
             }
         };
-        if options.max_in_flight == 0 || options.batch.max_events == 0 || options.buffer == 0 {
-            self.error(
-                path,
-                false,
-                "`max_in_flight`, `batch.max_events` and `buffer` must be at least 1",
-                None,
-            );
-            return None;
-        }
         if options.rate_limit.is_some_and(|r| r <= 0.0 || !r.is_finite()) {
             self.error(
                 &[path, &["rate_limit".into()]].concat(),
