@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::io::{AsyncWriteExt, BufReader};
 
-use crate::lines::{read_lines, send_lines, LineDecoding};
+use crate::lines::{read_lines, send_lines, LineBuffer, LineDecoding};
 
 /// Reads JSON lines from standard input until it closes. No checkpoint: input is not replayable.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -25,6 +25,11 @@ pub struct StdinSourceConfig {
     #[serde(default = "default_batch_size")]
     #[schemars(range(min = 1, max = 1000000))]
     pub batch_size: usize,
+    /// Longest line accepted, in bytes (newline excluded). A longer line goes to the dead-letter
+    /// sink with its first bytes and its length, and reading goes on with the next line.
+    #[serde(default = "crate::lines::default_max_line_bytes")]
+    #[schemars(range(min = 1, max = 1073741824))]
+    pub max_line_bytes: usize,
 }
 
 fn default_batch_size() -> usize {
@@ -49,7 +54,7 @@ impl Source for StdinSource {
         let mut reader = BufReader::new(tokio::io::stdin());
         let tracker: Tracker<u64> = Tracker::new(64);
         let stream: Arc<str> = "stdin".into();
-        let mut partial = Vec::new();
+        let mut partial = LineBuffer::new(self.config.max_line_bytes);
         let mut offset = 0u64;
         loop {
             let chunk = tokio::select! {

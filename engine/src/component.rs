@@ -89,8 +89,12 @@ pub struct Rejected {
     pub stage: String,
     /// Why.
     pub error: String,
-    /// The event as it was when rejected (for undecodable input: the raw text as a string).
+    /// The event as it was when rejected (for input that never became a value: key and
+    /// metadata only, the bytes are in `original`).
     pub event: Event,
+    /// The bytes as read, for input that never became an event value (not JSON, not UTF-8,
+    /// too long); the envelope carries them as text or base64 instead of the event's value.
+    pub original: Option<bytes::Bytes>,
     /// Its source position's token; acked once the dead-letter sink has it.
     pub ack: AckToken,
 }
@@ -155,12 +159,35 @@ impl SourceContext {
         self.telemetry.checkpoint_span(partition, position)
     }
 
-    /// Send an input record that could not be decoded to the dead-letter sink.
+    /// Send a decoded record the source cannot use (a change without an id, say) to the
+    /// dead-letter sink.
     pub async fn reject(&self, event: Event, error: String, ack: AckToken) -> Result<(), Closed> {
+        self.send_rejected(event, None, error, ack).await
+    }
+
+    /// Send input that could not be decoded to the dead-letter sink with its original bytes
+    /// (`event` carries the key and metadata; its value is ignored).
+    pub async fn reject_raw(
+        &self,
+        original: bytes::Bytes,
+        event: Event,
+        error: String,
+        ack: AckToken,
+    ) -> Result<(), Closed> {
+        self.send_rejected(event, Some(original), error, ack).await
+    }
+
+    async fn send_rejected(
+        &self,
+        event: Event,
+        original: Option<bytes::Bytes>,
+        error: String,
+        ack: AckToken,
+    ) -> Result<(), Closed> {
         self.metrics.events_in.inc();
         self.metrics.rejected.inc();
         let stage = format!("source.{}", self.component_id);
-        self.dead_letter.send(Rejected { stage, error, event, ack }).await.map_err(|_| Closed)
+        self.dead_letter.send(Rejected { stage, error, event, original, ack }).await.map_err(|_| Closed)
     }
 
     /// Wait for shutdown, returning early is never needed: a helper for `select!`.

@@ -20,6 +20,7 @@ struct Families {
     dropped: IntCounterVec,
     rejected: IntCounterVec,
     retries: IntCounterVec,
+    poison: IntCounterVec,
     batch_seconds: HistogramVec,
     checkpoint_commits: IntCounterVec,
     checkpoint_position: IntGaugeVec,
@@ -86,6 +87,13 @@ impl Metrics {
                 "feedline_sink_retries_total",
                 "Event writes retried after a retriable error",
             ),
+            poison: counter(
+                &registry,
+                "feedline_poison_records_total",
+                "Records that could never be processed as they were (an unparseable change line or \
+                 page, an envelope the dead-letter sink refused): each was dead-lettered in the \
+                 form Feedline has of it and its position advanced",
+            ),
             checkpoint_commits: counter(
                 &registry,
                 "feedline_checkpoint_commits_total",
@@ -142,6 +150,7 @@ impl Metrics {
             dropped: f.dropped.with_label_values(&l),
             rejected: f.rejected.with_label_values(&l),
             retries: f.retries.with_label_values(&l),
+            poison: f.poison.with_label_values(&l),
             batch_seconds: f.batch_seconds.with_label_values(&l),
             checkpoint_commits: f.checkpoint_commits.with_label_values(&l),
             pending: f.pending.with_label_values(&[pipeline, component]),
@@ -183,6 +192,9 @@ pub struct ComponentMetrics {
     pub rejected: IntCounter,
     /// Retried writes.
     pub retries: IntCounter,
+    /// Records dead-lettered in a reduced form so their position could advance (see
+    /// `feedline_poison_records_total`).
+    pub poison: IntCounter,
     /// Batch latency.
     pub batch_seconds: Histogram,
     /// Checkpoint commits.

@@ -34,6 +34,73 @@ impl Default for Payload {
     }
 }
 
+/// Check that `bytes` parse as a `Value` would, without building one.
+///
+/// `IgnoredAny` is not enough: it skips strings without checking their UTF-8 or surrogate
+/// escapes, never converts numbers and has no depth limit, so it accepted text the later parse
+/// refused (which then read as `null`). [`Validated`] walks the document through the same
+/// `deserialize_any` calls as `Value` — strings are decoded, numbers converted, nesting counted —
+/// and keeps nothing.
+///
+/// # Errors
+/// Exactly the errors `serde_json::from_slice::<Value>` would give.
+pub fn validate(bytes: &[u8]) -> Result<(), serde_json::Error> {
+    serde_json::from_slice::<Validated>(bytes).map(|_| ())
+}
+
+/// A JSON value that was fully decoded and thrown away (see [`validate`]).
+struct Validated;
+
+impl<'de> serde::Deserialize<'de> for Validated {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ValidatedVisitor)
+    }
+}
+
+struct ValidatedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ValidatedVisitor {
+    type Value = Validated;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Validated, E> {
+        Ok(Validated)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Validated, E> {
+        Ok(Validated)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Validated, E> {
+        Ok(Validated)
+    }
+    fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Validated, E> {
+        // `Value` keeps only finite numbers; serde_json already refuses the others when
+        // parsing, this guards that assumption.
+        if n.is_finite() {
+            Ok(Validated)
+        } else {
+            Err(E::custom("number out of range"))
+        }
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Validated, E> {
+        Ok(Validated)
+    }
+    fn visit_unit<E>(self) -> Result<Validated, E> {
+        Ok(Validated)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Validated, A::Error> {
+        while seq.next_element::<Validated>()?.is_some() {}
+        Ok(Validated)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Validated, A::Error> {
+        while map.next_key::<Validated>()?.is_some() {
+            map.next_value::<Validated>()?;
+        }
+        Ok(Validated)
+    }
+}
+
 /// Parse text that was validated on the way in; `null` only for a caller that broke
 /// [`Payload::from_validated_json`]'s promise.
 fn parse_validated(raw: &[u8]) -> Value {
@@ -46,7 +113,7 @@ impl Payload {
     /// # Errors
     /// The parser's message when the bytes are not exactly one JSON value.
     pub fn from_json_bytes(bytes: Bytes) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)?;
+        validate(&bytes)?;
         Ok(Self::from_validated_json(bytes))
     }
 
@@ -194,6 +261,41 @@ mod tests {
     fn invalid_json_is_refused_with_the_parser_message() {
         for bad in [&b"{nope"[..], b"", b"1 2", b"{\"a\":1}x", b"\xff"] {
             assert!(Payload::from_json_bytes(Bytes::copy_from_slice(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Each of these passed the old `IgnoredAny` check and then read as `null`.
+    #[test]
+    fn validation_refuses_what_the_value_parse_refuses() {
+        let deep = format!("{}{}", "[".repeat(129), "]".repeat(129));
+        let cases: [&[u8]; 6] = [
+            b"\"\xff\xfe\"",
+            b"{\"a\xc3\":1}",
+            br#""\ud800""#,
+            br#"{"k":"\udc00x"}"#,
+            b"[1e400]",
+            deep.as_bytes(),
+        ];
+        for bad in cases {
+            assert!(
+                serde_json::from_slice::<serde::de::IgnoredAny>(bad).is_ok(),
+                "the old check took {bad:?}"
+            );
+            let parse = serde_json::from_slice::<Value>(bad).expect_err("Value refuses it");
+            let ours = Payload::from_json_bytes(Bytes::copy_from_slice(bad)).expect_err("so do we");
+            assert_eq!(ours.to_string(), parse.to_string());
+        }
+        let ok = format!("{}{}", "[".repeat(127), "]".repeat(127));
+        let fine: [&[u8]; 5] = [
+            br#""\ud83d\ude00""#,
+            b"18446744073709551616",
+            b"-1e300",
+            ok.as_bytes(),
+            "\"h\u{e9}\"".as_bytes(),
+        ];
+        for good in fine {
+            let p = Payload::from_json_bytes(Bytes::copy_from_slice(good)).expect("valid");
+            assert_eq!(*p.value(), serde_json::from_slice::<Value>(good).expect("parses"), "{good:?}");
         }
     }
 

@@ -83,6 +83,13 @@ pub struct CouchdbSourceConfig {
     #[serde(default = "default_batch_size")]
     #[schemars(range(min = 1, max = 1000000))]
     pub batch_size: usize,
+    /// Longest `_changes` line accepted, in bytes (a row with its document, when
+    /// `include_docs`). A longer line — or one serde_json cannot read, such as a document nested
+    /// deeper than 128 — is dead-lettered (its head and length) and the feed goes on. The default
+    /// is twice CouchDB's default `max_document_size`.
+    #[serde(default = "default_max_line_bytes")]
+    #[schemars(range(min = 1, max = 1073741824))]
+    pub max_line_bytes: usize,
     /// How long a partial batch waits for more changes, in milliseconds.
     #[serde(default = "default_batch_timeout_ms")]
     #[schemars(range(min = 0, max = 3600000))]
@@ -245,6 +252,9 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_read_timeout_ms() -> u64 {
     30_000
+}
+fn default_max_line_bytes() -> usize {
+    16 * 1024 * 1024
 }
 fn default_batch_size() -> usize {
     1000

@@ -91,28 +91,20 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
     Ok(Line::Change(value))
 }
 
-/// Splits a streamed body into complete lines; heartbeats (empty lines) are dropped.
-#[derive(Default)]
-pub struct LineSplitter {
-    partial: Vec<u8>,
-}
-
-impl LineSplitter {
-    /// Feed a chunk; returns the complete, non-blank lines it finished.
-    pub fn push(&mut self, chunk: &[u8]) -> Vec<Vec<u8>> {
-        let mut lines = Vec::new();
-        let mut rest = chunk;
-        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
-            self.partial.extend_from_slice(&rest[..pos]);
-            let line = std::mem::take(&mut self.partial);
-            if !line.iter().all(u8::is_ascii_whitespace) {
-                lines.push(line);
-            }
-            rest = &rest[pos + 1..];
-        }
-        self.partial.extend_from_slice(rest);
-        lines
-    }
+/// What the feed handed over, in feed order.
+#[derive(Debug)]
+pub enum FeedItem {
+    /// A change row.
+    Row(Value),
+    /// A line that can never become a row (not JSON to serde_json — a document nested deeper
+    /// than 128, say — or longer than `max_line_bytes`): dead-lettered with its bytes, never
+    /// retried, so the feed goes on.
+    Poison {
+        /// The line as read (for an oversized line, its head).
+        original: Bytes,
+        /// Why it was refused.
+        reason: String,
+    },
 }
 
 /// What a change row becomes.
@@ -181,15 +173,6 @@ pub fn seq_number(seq: &Value) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lines_split_across_chunks_and_heartbeats_vanish() {
-        let mut s = LineSplitter::default();
-        assert!(s.push(b"\n\n{\"seq\":1,").is_empty());
-        let lines = s.push(b"\"id\":\"a\"}\n\n{\"seq\":2}\n{\"se");
-        assert_eq!(lines, vec![br#"{"seq":1,"id":"a"}"#.to_vec(), br#"{"seq":2}"#.to_vec()]);
-        assert_eq!(s.push(b"q\":3}\n"), vec![br#"{"seq":3}"#.to_vec()]);
-    }
 
     #[test]
     fn lines_are_changes_ends_or_errors() {

@@ -16,8 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use feedline_engine::{
-    Batch, ChainPlacement, Closed, ComponentError, ErrorClass, Source, SourceContext, Tracker,
+    Batch, ChainPlacement, Closed, ComponentError, ErrorClass, Event, Metadata, Source, SourceContext,
+    Tracker,
 };
 use reqwest::header::CONTENT_TYPE;
 use reqwest::Method;
@@ -27,7 +29,8 @@ use tokio::time::Instant;
 use super::checkpoint::{classify, Checkpoint};
 use super::client::{error_of, Client};
 use super::config::{CouchdbSourceConfig, Feed, StartFrom};
-use super::feed::{parse_line, request, row_event, row_seq, seq_number, Line, LineSplitter, RowEvent};
+use super::feed::{parse_line, request, row_event, row_seq, seq_number, FeedItem, Line, RowEvent};
+use crate::lines::{is_blank, trim_newline, Line as RawLine, LineBuffer};
 
 /// The running source.
 pub struct ChangesSource {
@@ -130,14 +133,22 @@ impl ChangesSource {
     }
 
     /// Hand `rows` downstream as one batch positioned at `position` (the last row's `seq`, or a
-    /// longpoll `last_seq`).
+    /// longpoll `last_seq`; for poison lines alone, the current position).
     async fn flush(
         &self,
         run: &mut Run<'_>,
-        rows: &mut Vec<Value>,
+        rows: &mut Vec<FeedItem>,
         position: Option<Value>,
     ) -> Result<(), Closed> {
-        let Some(position) = position.or_else(|| rows.iter().rev().find_map(row_seq).cloned()) else {
+        let last_seq = || {
+            rows.iter().rev().find_map(|item| match item {
+                FeedItem::Row(row) => row_seq(row).cloned(),
+                FeedItem::Poison { .. } => None,
+            })
+        };
+        let has_poison = || rows.iter().any(|item| matches!(item, FeedItem::Poison { .. }));
+        let Some(position) = position.or_else(last_seq).or_else(|| has_poison().then(|| run.since.clone()))
+        else {
             rows.clear();
             return Ok(());
         };
@@ -147,7 +158,23 @@ impl ChangesSource {
         }
         let token = run.tracker.track(position.clone());
         let mut batch = Batch::with_capacity(rows.len());
-        for row in rows.drain(..) {
+        for item in rows.drain(..) {
+            let row = match item {
+                FeedItem::Row(row) => row,
+                FeedItem::Poison { original, reason } => {
+                    tracing::warn!(database = %run.database, %reason, "unreadable _changes line; dead-lettered, the feed goes on");
+                    run.ctx.metrics.poison.inc();
+                    let meta = Metadata {
+                        source: run.ctx.component_id.clone(),
+                        stream: Some(run.database.clone()),
+                        ..Metadata::default()
+                    };
+                    run.ctx
+                        .reject_raw(original, Event::new(Value::Null, meta), reason, token.clone())
+                        .await?;
+                    continue;
+                }
+            };
             match row_event(row, &run.ctx.component_id, &run.database, self.cfg().skip_design_docs) {
                 RowEvent::Event(event) => batch.push(event, token.clone()),
                 RowEvent::Skip => {}
@@ -189,8 +216,8 @@ impl ChangesSource {
         let read_timeout = Duration::from_millis(cfg.read_timeout_ms);
         let linger = Duration::from_millis(cfg.batch_timeout_ms);
         let commit_every = Duration::from_millis(cfg.commit_interval_ms);
-        let mut splitter = LineSplitter::default();
-        let mut rows: Vec<Value> = Vec::new();
+        let mut lines = LineBuffer::new(cfg.max_line_bytes);
+        let mut rows: Vec<FeedItem> = Vec::new();
         let mut last_data = Instant::now();
         let mut first_row: Option<Instant> = None;
         loop {
@@ -210,13 +237,8 @@ impl ChangesSource {
                 Err(_) => {}
                 Ok(Ok(Some(chunk))) => {
                     last_data = Instant::now();
-                    for line in splitter.push(&chunk) {
-                        match parse_line(&line) {
-                            Ok(Line::Change(row)) => rows.push(row),
-                            Ok(Line::End(last_seq)) => ended = Some(Ok(Some(last_seq))),
-                            Ok(Line::Error(e)) => ended = Some(Err(format!("_changes feed error: {e}"))),
-                            Err(e) => ended = Some(Err(e)),
-                        }
+                    for line in lines.split(&chunk) {
+                        ended = feed_line(line, &mut rows);
                         if ended.is_some() {
                             break;
                         }
@@ -295,7 +317,8 @@ impl ChangesSource {
         }
         let answer: Value = serde_json::from_slice(&body)
             .map_err(|e| ComponentError::retriable(format!("_changes: invalid answer: {e}")))?;
-        let mut rows = answer.get("results").and_then(Value::as_array).cloned().unwrap_or_default();
+        let results = answer.get("results").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut rows: Vec<FeedItem> = results.into_iter().map(FeedItem::Row).collect();
         let last_seq = answer.get("last_seq").cloned();
         if rows.is_empty() {
             if let Some(seq) = last_seq {
@@ -364,6 +387,32 @@ impl Backoff {
             _ = tokio::time::sleep(wait) => true,
         }
     }
+}
+
+/// Sort one line of a continuous feed: a row (or poison) into `rows`, or how the feed ended.
+fn feed_line(line: RawLine, rows: &mut Vec<FeedItem>) -> Option<Result<Option<Value>, String>> {
+    let bytes = match line {
+        RawLine::Complete(bytes) => bytes,
+        RawLine::Oversized { head, len } => {
+            let reason = format!(
+                "change line of {len} bytes is longer than max_line_bytes; its first {} bytes are kept",
+                head.len()
+            );
+            rows.push(FeedItem::Poison { original: Bytes::from(head), reason });
+            return None;
+        }
+    };
+    let text = trim_newline(&bytes);
+    if is_blank(text) {
+        return None; // a heartbeat
+    }
+    match parse_line(text) {
+        Ok(Line::Change(row)) => rows.push(FeedItem::Row(row)),
+        Ok(Line::End(last_seq)) => return Some(Ok(Some(last_seq))),
+        Ok(Line::Error(e)) => return Some(Err(format!("_changes feed error: {e}"))),
+        Err(reason) => rows.push(FeedItem::Poison { original: Bytes::copy_from_slice(text), reason }),
+    }
+    None
 }
 
 #[async_trait]

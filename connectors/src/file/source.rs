@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncSeekExt, BufReader};
 
-use crate::lines::{read_lines, send_lines, LineDecoding};
+use crate::lines::{read_lines, send_lines, LineBuffer, LineDecoding};
 
 /// Reads a JSON-lines file.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -40,6 +40,11 @@ pub struct FileSourceConfig {
     #[serde(default = "default_batch_size")]
     #[schemars(range(min = 1, max = 1000000))]
     pub batch_size: usize,
+    /// Longest line accepted, in bytes (newline excluded). A longer line goes to the dead-letter
+    /// sink with its first bytes and its length, and reading goes on with the next line.
+    #[serde(default = "crate::lines::default_max_line_bytes")]
+    #[schemars(range(min = 1, max = 1073741824))]
+    pub max_line_bytes: usize,
     /// How often the position is checkpointed, in milliseconds (and always at shutdown).
     #[serde(default = "default_commit_interval_ms")]
     #[schemars(range(min = 1, max = 3600000))]
@@ -176,7 +181,7 @@ impl Source for FileSource {
         let stream: Arc<str> = self.path.display().to_string().into();
         let commit_every = Duration::from_millis(self.config.commit_interval_ms);
         let mut last_commit = tokio::time::Instant::now();
-        let mut partial = Vec::new();
+        let mut partial = LineBuffer::new(self.config.max_line_bytes);
         let mut finished = false;
         while !ctx.shutdown.is_cancelled() {
             if last_commit.elapsed() >= commit_every {

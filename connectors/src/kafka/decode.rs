@@ -21,9 +21,22 @@ pub struct Origin {
     pub partition: Arc<str>,
 }
 
-/// Turn a record into an event. When the value cannot be decoded, the event holds the raw value
-/// as text and the reason comes with it: it goes to the dead-letter sink with its position.
-pub fn to_event(msg: &BorrowedMessage<'_>, decoding: Decoding, origin: &Origin) -> (Event, Option<String>) {
+/// A record value that could not be decoded: why, and its bytes for the dead-letter record.
+pub struct Undecodable {
+    /// The decoder's reason.
+    pub reason: String,
+    /// The value exactly as the broker returned it.
+    pub original: Bytes,
+}
+
+/// Turn a record into an event. When the value cannot be decoded, the event has key and
+/// metadata only and the reason and original bytes come with it: they go to the dead-letter
+/// sink with its position.
+pub fn to_event(
+    msg: &BorrowedMessage<'_>,
+    decoding: Decoding,
+    origin: &Origin,
+) -> (Event, Option<Undecodable>) {
     let headers = match msg.headers() {
         Some(h) => h
             .iter()
@@ -47,8 +60,8 @@ pub fn to_event(msg: &BorrowedMessage<'_>, decoding: Decoding, origin: &Origin) 
     match decode(payload, decoding) {
         Ok(value) => (Event { key, value, operation: Operation::Upsert, meta }, None),
         Err(reason) => {
-            let raw = Value::String(String::from_utf8_lossy(payload).into_owned()).into();
-            (Event { key, value: raw, operation: Operation::Upsert, meta }, Some(reason))
+            let undecodable = Undecodable { reason, original: Bytes::copy_from_slice(payload) };
+            (Event { key, value: Payload::default(), operation: Operation::Upsert, meta }, Some(undecodable))
         }
     }
 }
@@ -69,20 +82,8 @@ pub fn decode(payload: &[u8], decoding: Decoding) -> Result<Payload, String> {
 
 /// Standard base64 with padding.
 pub fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 #[cfg(test)]

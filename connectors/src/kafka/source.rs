@@ -84,7 +84,7 @@ struct Item {
     offset: i64,
     event: Event,
     /// Why the value could not be decoded (the event then holds the raw text).
-    undecodable: Option<String>,
+    undecodable: Option<super::decode::Undecodable>,
 }
 
 type CommitTask = tokio::task::JoinHandle<(Commit, KafkaResult<()>)>;
@@ -194,8 +194,8 @@ impl<'a> Reader<'a> {
     async fn flush(&mut self) -> Result<(), Closed> {
         let items = std::mem::take(&mut self.pending);
         let (batch, rejects, owners) = self.assemble(items);
-        for (event, reason, ack) in rejects {
-            self.ctx.reject(event, reason, ack).await?;
+        for (event, undecodable, ack) in rejects {
+            self.ctx.reject_raw(undecodable.original, event, undecodable.reason, ack).await?;
         }
         if !batch.is_empty() {
             self.send(batch).await?;
@@ -206,7 +206,10 @@ impl<'a> Reader<'a> {
     }
 
     #[allow(clippy::type_complexity)]
-    fn assemble(&self, items: Vec<Item>) -> (Batch, Vec<(Event, String, AckToken)>, Vec<AckToken>) {
+    fn assemble(
+        &self,
+        items: Vec<Item>,
+    ) -> (Batch, Vec<(Event, super::decode::Undecodable, AckToken)>, Vec<AckToken>) {
         // Newest offset per partition instance in this batch (records arrive in offset order).
         let mut newest: Vec<(u64, i64)> = Vec::new();
         for item in &items {
@@ -231,7 +234,7 @@ impl<'a> Reader<'a> {
             let Some((_, token)) = tokens.iter().find(|(id, _)| *id == item.part_id) else { continue };
             match item.undecodable {
                 None => batch.push(item.event, token.clone()),
-                Some(reason) => rejects.push((item.event, reason, token.clone())),
+                Some(undecodable) => rejects.push((item.event, undecodable, token.clone())),
             }
         }
         (batch, rejects, tokens.into_iter().map(|(_, t)| t).collect())

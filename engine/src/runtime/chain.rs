@@ -74,7 +74,13 @@ pub fn run_chain(
         for (i, event, error) in out.rejected {
             if let Some(ack) = acks.get(i) {
                 touched[i] = true;
-                rejected.push(Rejected { stage: stage_name.clone(), error, event, ack: ack.clone() });
+                rejected.push(Rejected {
+                    stage: stage_name.clone(),
+                    error,
+                    event,
+                    original: None,
+                    ack: ack.clone(),
+                });
             }
         }
         let dropped = touched.iter().filter(|t| !**t).count();

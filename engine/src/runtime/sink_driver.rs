@@ -238,15 +238,36 @@ impl SinkDriver {
         self.metrics.rejected.inc();
         match &self.fallback {
             Fallback::DeadLetter(tx) => {
-                let r = Rejected { stage: self.stage.clone(), error, event, ack };
+                let r = Rejected { stage: self.stage.clone(), error, event, original: None, ack };
                 if let Err(mpsc::error::SendError(r)) = tx.send(r).await {
                     tracing::error!(stage = %self.stage, error = %r.error, "dead-letter channel closed; event will be re-read after restart");
                 }
             }
-            Fallback::Abandon => {
-                tracing::error!(stage = %self.stage, %error, "the dead-letter sink rejected an event; it stays unacknowledged and will be re-read after restart");
+            Fallback::Abandon => self.write_truncated(event, ack, &error).await,
+        }
+    }
+}
+
+impl SinkDriver {
+    /// The dead-letter sink refused an envelope (too large, most often): write it once more cut
+    /// down to what identifies the event, so the source position still advances. Only if that
+    /// is refused too does the event stay unacknowledged (re-read after a restart).
+    async fn write_truncated(&self, envelope: Event, ack: AckToken, error: &str) {
+        let Some(cut) = super::dead_letter::truncated(&envelope, error) else {
+            tracing::error!(stage = %self.stage, %error, "the dead-letter sink rejected a record; it stays unacknowledged and will be re-read after restart");
+            return drop(ack);
+        };
+        match self.sink.write(std::slice::from_ref(&cut)).await.pop() {
+            Some(Ok(())) => {
+                tracing::warn!(stage = %self.stage, %error, "the dead-letter sink refused an envelope; wrote it truncated (origin, error, size and sha256 kept)");
+                self.metrics.poison.inc();
+                ack.ack();
+            }
+            Some(Err(e)) => {
+                tracing::error!(stage = %self.stage, %error, truncated_error = %e.message, "the dead-letter sink refused an envelope even truncated; it stays unacknowledged and will be re-read after restart");
                 drop(ack);
             }
+            None => drop(ack),
         }
     }
 }
