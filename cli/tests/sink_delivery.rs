@@ -34,6 +34,9 @@ enum Script {
     Down,
     /// Panic on the first write (a bug in a sink).
     Panic,
+    /// Reject every record that holds a whole `event` (as a Kafka topic refuses an envelope
+    /// over its message limit); accept the rest.
+    RefuseWhole,
 }
 
 #[derive(Default)]
@@ -43,6 +46,7 @@ struct Record {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     write_times: Mutex<Vec<(Instant, usize)>>,
+    accepted: Mutex<Vec<Value>>,
 }
 
 static RECORDS: Mutex<Option<HashMap<String, Arc<Record>>>> = Mutex::new(None);
@@ -103,8 +107,13 @@ impl Sink for Scripted {
                 Script::RejectSevens => Ok(()),
                 Script::Down => Err(ComponentError::retriable("connection refused")),
                 Script::Panic => panic!("scripted sink bug at seq {seq}"),
+                Script::RefuseWhole if e.value.get("event").is_some() => {
+                    Err(ComponentError::reject("message too large"))
+                }
+                Script::RefuseWhole => Ok(()),
             };
             if result.is_ok() {
+                r.accepted.lock().unwrap().push(e.value.value().clone());
                 r.delivered.lock().unwrap().push(seq);
             }
             out.push(result);
@@ -335,4 +344,44 @@ record = "panics"
     .await;
     let error = result.expect_err("a sink panic is a pipeline failure").to_string();
     assert!(error.contains("sink.scripted panicked: scripted sink bug at seq"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_the_dead_letter_sink_refuses_is_written_truncated_and_the_source_goes_on() {
+    let (_dir, metrics) = run(r#"
+name = "truncated"
+[source]
+type = "generator"
+count = 70
+batch_size = 10
+[[sinks]]
+type = "scripted"
+script = "reject_sevens"
+record = "truncated-main"
+[dead_letter]
+type = "scripted"
+script = "refuse_whole"
+record = "truncated-dead-letter"
+"#)
+    .await;
+    let written = record("truncated-dead-letter").accepted.lock().unwrap().clone();
+    assert_eq!(written.len(), 10, "one truncated envelope per rejected event: {written:#?}");
+    for envelope in &written {
+        assert_eq!(envelope["truncated"], true, "{envelope}");
+        assert_eq!(envelope["dead_letter_error"], "message too large");
+        assert!(envelope["error"].as_str().unwrap().contains("is a seven"), "{envelope}");
+        assert_eq!(envelope["origin"]["source"], "generator");
+        assert_eq!(envelope["sha256"].as_str().map(str::len), Some(64));
+        assert!(envelope["size"].as_u64().unwrap() > 10);
+        let n = envelope["origin"]["position"].as_u64().unwrap();
+        // The generator builds its values in memory: their JSON text is the serialised tree.
+        let original: Value =
+            serde_json::from_str(&feedline_connectors::generator::render(Default::default(), n)).unwrap();
+        assert_eq!(envelope["event_head"], original.to_string(), "the whole event (shorter than the head)");
+    }
+    let render = metrics.render();
+    assert!(
+        render.contains(r#"feedline_poison_records_total{component="scripted",kind="dead_letter",pipeline="truncated"} 10"#),
+        "{render}"
+    );
 }

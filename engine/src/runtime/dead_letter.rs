@@ -84,10 +84,12 @@ pub fn envelope(pipeline: &str, r: &Rejected) -> Event {
     }
 }
 
+const EVENT_PREFIX: &[u8] = br#"{"event":"#;
+
 /// `{"event":<event>,<fields>}` without parsing `event` again (it is valid JSON text already).
 fn splice_event(event: &[u8], fields: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(event.len() + fields.len() + 10);
-    out.extend_from_slice(br#"{"event":"#);
+    out.extend_from_slice(EVENT_PREFIX);
     out.extend_from_slice(event);
     match fields.strip_prefix(b"{") {
         Some(rest) if rest != b"}" => {
@@ -108,18 +110,32 @@ const TRUNCATED_HEAD_BYTES: usize = 1024;
 pub(super) fn truncated(envelope: &Event, refused_because: &str) -> Option<Event> {
     let mut fields = envelope.value.value().as_object()?.clone();
     let event = fields.remove("event")?;
-    let text = match event {
-        Value::String(s) => s,
-        other => other.to_string(),
+    let head = match event {
+        // Text or base64 of the input as read: its start is the start of the original.
+        Value::String(text) => text.into_bytes(),
+        // JSON: the envelope's text holds the event's original bytes right after `{"event":`.
+        other => match (envelope.value.raw(), fields.get("size").and_then(Value::as_u64)) {
+            (Some(raw), Some(size)) if raw.starts_with(EVENT_PREFIX) => {
+                let end = (EVENT_PREFIX.len() as u64).saturating_add(size).min(raw.len() as u64) as usize;
+                raw[EVENT_PREFIX.len()..end].to_vec()
+            }
+            _ => other.to_string().into_bytes(),
+        },
     };
-    let mut cut = text.len().min(TRUNCATED_HEAD_BYTES);
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    fields.insert("event_head".into(), Value::String(text[..cut].to_owned()));
+    fields.insert("event_head".into(), Value::String(utf8_prefix(&head, TRUNCATED_HEAD_BYTES).to_owned()));
     fields.insert("truncated".into(), Value::Bool(true));
     fields.insert("dead_letter_error".into(), Value::String(refused_because.to_owned()));
     Some(Event { value: Value::Object(fields).into(), ..envelope.clone() })
+}
+
+/// The longest whole-character prefix of `bytes` within `max` bytes (the bytes are UTF-8 text,
+/// so only the cut can fall inside a character).
+fn utf8_prefix(bytes: &[u8], max: usize) -> &str {
+    let bytes = &bytes[..bytes.len().min(max)];
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+    }
 }
 
 fn json_bytes(value: &Value) -> Bytes {
@@ -205,6 +221,20 @@ mod tests {
         let decoded = BASE64.decode(binary["event"].as_str().expect("a string")).expect("base64");
         assert_eq!(decoded, bytes);
         assert_eq!(binary["size"], 4);
+    }
+
+    #[test]
+    fn a_truncated_json_event_keeps_the_head_of_its_original_text() {
+        let text = format!(r#"{{ "z": 1, "a": "{}" }}"#, "é".repeat(3000));
+        let event = Event::new(
+            Payload::from_json_bytes(Bytes::from(text.clone())).expect("json"),
+            Metadata::from_source("in"),
+        );
+        let cut =
+            parsed(&truncated(&envelope("p", &rejected(event, None)), "too large").expect("an envelope"));
+        let head = cut["event_head"].as_str().expect("head");
+        assert!(text.starts_with(head) && head.len() > TRUNCATED_HEAD_BYTES - 4, "{head}");
+        assert_eq!(cut["encoding"], "json");
     }
 
     #[test]
