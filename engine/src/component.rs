@@ -226,6 +226,7 @@ pub struct Output {
     current: usize,
     pub(crate) emitted: Vec<(usize, Event)>,
     pub(crate) rejected: Vec<(usize, Event, String)>,
+    pub(crate) failure: Option<String>,
 }
 
 impl Output {
@@ -245,6 +246,12 @@ impl Output {
     pub fn reject_from(&mut self, index: usize, event: Event, reason: impl Into<String>) {
         self.rejected.push((index, event, reason.into()));
     }
+    /// The transform cannot go on at all (its runtime will not start, say): no input is at
+    /// fault, so nothing is dead-lettered. The pipeline fails with `reason` (and is restarted
+    /// per `--on-failure`); the batch stays unacknowledged and is read again.
+    pub fn fail(&mut self, reason: impl Into<String>) {
+        self.failure.get_or_insert_with(|| reason.into());
+    }
     /// Select which input `emit`/`reject` refer to (used by the default batch loop).
     pub fn set_current(&mut self, index: usize) {
         self.current = index;
@@ -252,6 +259,10 @@ impl Output {
     /// Events emitted so far (for tests of transforms).
     pub fn emitted(&self) -> impl Iterator<Item = &Event> {
         self.emitted.iter().map(|(_, e)| e)
+    }
+    /// Why the transform said it cannot go on, if it did (for tests of transforms).
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
     }
     /// Rejections so far with their reasons (for tests of transforms).
     pub fn rejections(&self) -> impl Iterator<Item = (&Event, &str)> {

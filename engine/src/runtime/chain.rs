@@ -21,14 +21,17 @@ pub struct ChainStage {
     pub telemetry: StageTelemetry,
 }
 
-/// A transform panicked: a bug, never an input problem. The batch stays unacknowledged.
+/// A transform panicked (a bug, never an input problem) or declared it cannot go on
+/// ([`Output::fail`]). The batch stays unacknowledged.
 #[derive(Debug, thiserror::Error)]
-#[error("transform `{id}` panicked: {message}")]
+#[error("transform `{id}` {}: {message}", if *.panicked { "panicked" } else { "failed" })]
 pub struct TransformPanic {
     /// Which transform.
     pub id: String,
-    /// The panic payload, if it was text.
+    /// The panic payload (if it was text) or the transform's reason.
     pub message: String,
+    /// A panic, rather than [`Output::fail`].
+    pub panicked: bool,
 }
 
 /// Run `batch` through every stage. Returns the surviving events and the rejections.
@@ -54,7 +57,12 @@ pub fn run_chain(
             let message = super::panic_text(payload.as_ref());
             span.record("feedline.outcome", "panicked");
             record_error(&span, &message);
-            return Err(TransformPanic { id: stage.id.clone(), message });
+            return Err(TransformPanic { id: stage.id.clone(), message, panicked: true });
+        }
+        if let Some(message) = out.failure.take() {
+            span.record("feedline.outcome", "failed");
+            record_error(&span, &message);
+            return Err(TransformPanic { id: stage.id.clone(), message, panicked: false });
         }
         if let Some(traced) = traced {
             traced.after(&stage.telemetry, n, &mut out.emitted, &mut out.rejected);

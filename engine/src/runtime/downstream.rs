@@ -89,7 +89,7 @@ impl Chain {
         run_chain(&mut self.stages, batch).map_err(|panic| {
             // The batch stays unacknowledged (its tokens were dropped with it): it is read
             // again after a restart.
-            tracing::error!(error = %panic, "transform panicked; stopping the pipeline");
+            tracing::error!(error = %panic, "transform failed; stopping the pipeline");
             self.broken = true;
             super::fail_pipeline(&self.fatal, &self.fatal_reason, panic.to_string());
             Closed

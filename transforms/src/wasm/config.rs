@@ -34,6 +34,12 @@ pub struct WasmConfig {
     #[serde(default = "default_memory_limit_mib")]
     #[schemars(range(min = 1, max = 65536))]
     pub memory_limit_mib: u32,
+    /// Most outputs a `map` guest may emit for one input event. The host copies the event for
+    /// each, so a guest within its memory cap could otherwise make it allocate without bound;
+    /// an input over the limit goes to the dead-letter sink and none of its outputs is made.
+    #[serde(default = "default_max_outputs_per_event")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_outputs_per_event: usize,
 }
 
 /// The entry point a `wasm` transform calls.
@@ -72,6 +78,13 @@ fn default_time_limit_ms() -> u64 {
     DEFAULT_TIME_LIMIT_MS
 }
 
+/// Default fan-out bound of a `map` guest.
+pub const DEFAULT_MAX_OUTPUTS_PER_EVENT: usize = 100;
+
+fn default_max_outputs_per_event() -> usize {
+    DEFAULT_MAX_OUTPUTS_PER_EVENT
+}
+
 fn default_memory_limit_mib() -> u32 {
     DEFAULT_MEMORY_LIMIT_MIB
 }
@@ -85,6 +98,7 @@ impl WasmConfig {
             kind: None,
             time_limit_ms: DEFAULT_TIME_LIMIT_MS,
             memory_limit_mib: DEFAULT_MEMORY_LIMIT_MIB,
+            max_outputs_per_event: DEFAULT_MAX_OUTPUTS_PER_EVENT,
         }
     }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use feedline_engine::{Event, Output, Payload, Transform};
 use serde_json::Value;
 
-use super::abi::{decode_filter, decode_map, Change, Encoded, Malformed, Patch};
+use super::abi::{decode_filter, decode_map, Change, Encoded, Malformed, MapOutput, Patch};
 use super::config::WasmKind;
 use super::guest::{put_idle, timed, Failure, Guest, Limits, PoolKey};
 use super::metrics::WasmMetrics;
@@ -24,6 +24,7 @@ pub struct WasmTransform {
     pub(crate) guest: Option<Guest>,
     pub(crate) metrics: WasmMetrics,
     pub(crate) encoded: Encoded,
+    pub(crate) max_outputs_per_event: usize,
 }
 
 impl Drop for WasmTransform {
@@ -68,8 +69,14 @@ impl WasmTransform {
         self.metrics.traps.with_label_values(&[failure.label()]).inc();
         // After a trap the instance's state is unknown: never reuse it.
         self.guest = None;
-        let no_record_at_fault = matches!(failure, Failure::Start(_));
-        if range.len() == 1 || no_record_at_fault {
+        if let Failure::Start(reason) = &failure {
+            // No record is at fault: dead-lettering the batch would lose it for a problem of
+            // the module. Fail the pipeline instead (restarted per `--on-failure`).
+            tracing::error!(module = %self.module.name, error = %reason, "wasm guest cannot be started; failing the pipeline");
+            out.fail(self.reason(&failure.to_string()));
+            return;
+        }
+        if range.len() == 1 {
             tracing::warn!(module = %self.module.name, records = range.len(), error = %failure, "wasm guest failed; dead-lettering");
             let reason = self.reason(&failure.to_string());
             for i in range {
@@ -131,9 +138,14 @@ impl WasmTransform {
             }
             WasmKind::Map => {
                 let a = decode_map(answer, slots.len())?;
+                self.refuse_fan_out_over_limit(base, &a.outputs, slots, out);
                 let mut values = Vec::with_capacity(a.outputs.len());
                 let mut bad: Vec<(usize, String)> = Vec::new();
                 for o in &a.outputs {
+                    if slots[o.index].is_none() {
+                        values.push((None, Vec::new()));
+                        continue;
+                    }
                     // Validated, not parsed: a value no later stage reads goes out as the guest wrote it.
                     let v = o.value.map(|json| Payload::from_json_bytes(Bytes::copy_from_slice(json)));
                     let v = v.transpose().unwrap_or_else(|e| {
@@ -167,7 +179,17 @@ impl WasmTransform {
                 for (o, (value, patches)) in a.outputs.iter().zip(values) {
                     let i = o.index;
                     uses[i] = uses[i].saturating_sub(1);
-                    let input = if uses[i] == 0 { slots[i].take() } else { slots[i].clone() };
+                    let input = match (&slots[i], uses[i], &value) {
+                        (_, 0, _) => slots[i].take(),
+                        // A new value replaces the input's: copy only what the output keeps.
+                        (Some(e), _, Some(_)) => Some(Event {
+                            key: e.key.clone(),
+                            value: Payload::default(),
+                            operation: e.operation,
+                            meta: e.meta.clone(),
+                        }),
+                        _ => slots[i].clone(),
+                    };
                     let Some(mut e) = input else { continue };
                     if let Some(op) = o.operation {
                         e.operation = op;
@@ -198,6 +220,27 @@ impl WasmTransform {
             }
         }
         Ok(())
+    }
+
+    /// A guest may fan an event out, but the host copies the event for each output: an input
+    /// with more than `max_outputs_per_event` outputs is rejected (none of them is made), so a
+    /// guest within its memory cap cannot run the host out of memory.
+    fn refuse_fan_out_over_limit(
+        &self,
+        base: usize,
+        outputs: &[MapOutput<'_>],
+        slots: &mut Slots,
+        out: &mut Output,
+    ) {
+        let mut per_input = vec![0usize; slots.len()];
+        outputs.iter().for_each(|o| per_input[o.index] += 1);
+        for (i, n) in per_input.into_iter().enumerate().filter(|(_, n)| *n > self.max_outputs_per_event) {
+            let message = format!(
+                "the guest emitted {n} outputs for one event; max_outputs_per_event is {}",
+                self.max_outputs_per_event
+            );
+            self.reject(base + i, &mut slots[i], &message, out);
+        }
     }
 
     fn reject(&self, index: usize, slot: &mut Option<Event>, message: &str, out: &mut Output) {

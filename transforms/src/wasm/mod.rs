@@ -136,6 +136,7 @@ impl TransformConfig for WasmConfig {
             guest: Some(guest),
             metrics,
             encoded: Default::default(),
+            max_outputs_per_event: self.max_outputs_per_event,
         }))
     }
 }

@@ -293,6 +293,48 @@ fn a_guest_that_breaks_the_abi_cannot_take_the_host_down() {
 }
 
 #[test]
+fn a_guest_cannot_fan_one_event_out_past_the_bound() {
+    let mut cfg = WasmConfig::new(testdata("fan_out.wat"), json!({}));
+    let (out, rejected) = run(build(&cfg).as_mut(), numbered(3, 99));
+    assert!(out.is_empty(), "no copy is made: {} outputs", out.len());
+    assert_eq!(rejected.len(), 1, "only record 0 fanned out");
+    assert_eq!(rejected[0].0.value["i"], 0);
+    assert!(
+        rejected[0].1.contains("5000 outputs for one event; max_outputs_per_event is 100"),
+        "{}",
+        rejected[0].1
+    );
+    cfg.max_outputs_per_event = 5000;
+    let (out, rejected) = run(build(&cfg).as_mut(), numbered(3, 99));
+    assert_eq!((out.len(), rejected.len()), (5000, 0), "within the bound the fan-out is the guest's call");
+}
+
+#[test]
+fn a_guest_that_cannot_be_restarted_fails_the_pipeline_instead_of_dead_lettering() {
+    let cfg = misbehave("trap");
+    let r = cfg.resolve(&check_ctx()).expect("resolves");
+    let guest = r.guest().expect("starts");
+    let metrics = Metrics::new();
+    let mut t = WasmTransform {
+        module: r.module,
+        kind: r.kind,
+        config: r.config,
+        // Too small for the module's own memory: every restart after the first trap fails.
+        limits: guest::Limits { memory: 1 << 16, ..r.limits },
+        key: r.key,
+        guest: Some(guest),
+        metrics: metrics::WasmMetrics::new(metrics.registry(), "p", "w", "misbehave"),
+        encoded: Default::default(),
+        max_outputs_per_event: 100,
+    };
+    let mut out = Output::default();
+    t.transform_batch(numbered(8, 3), &mut out);
+    assert_eq!(out.rejections().count(), 0, "no record is blamed for the module: {:?}", out.failure());
+    let failure = out.failure().expect("the transform says it cannot go on");
+    assert!(failure.contains("misbehave"), "{failure}");
+}
+
+#[test]
 fn a_hand_written_wat_guest_works() {
     let cfg = WasmConfig::new(testdata("keep_all.wat"), json!({}));
     let (out, rejected) = run(build(&cfg).as_mut(), numbered(100, 99));
