@@ -106,12 +106,6 @@ impl LineBuffer {
         Self { partial: Vec::new(), oversized: None, max_line_bytes: max_line_bytes.max(1) }
     }
 
-    /// Forget an unfinished line (the input was replaced).
-    pub fn clear(&mut self) {
-        self.partial.clear();
-        self.oversized = None;
-    }
-
     /// Add `bytes` (ending in `\n` when `ends_line`) to the current line; the line, once ended.
     fn push(&mut self, bytes: &[u8], ends_line: bool) -> Option<Line> {
         match &mut self.oversized {

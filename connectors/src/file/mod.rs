@@ -1,5 +1,6 @@
 //! The `file` source (JSON lines, checkpointed, optional `follow`) and the `file` sink.
 
+mod identity;
 mod sink;
 mod source;
 
