@@ -55,9 +55,12 @@ fn inode(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().ino()
 }
 
+/// How a test replaces the input file with new text.
+type Replace = fn(&Path, &str);
+
 #[test]
 fn a_file_replaced_while_stopped_is_read_from_its_first_line() {
-    let replacements: [(&str, fn(&Path, &str)); 3] = [
+    let replacements: [(&str, Replace); 3] = [
         ("renamed over", |input, text| {
             let next = input.with_extension("next");
             std::fs::write(&next, text).unwrap();
