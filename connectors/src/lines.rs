@@ -79,6 +79,11 @@ impl Line {
     }
 }
 
+/// The dead-letter reason of an oversized `what` (a line, a change line) of `len` bytes.
+pub fn oversized_reason(what: &str, head: &[u8], len: u64) -> String {
+    format!("{what} of {len} bytes is longer than max_line_bytes; its first {} bytes are kept", head.len())
+}
+
 /// Complete lines read in one go.
 pub struct LineChunk {
     /// The lines, in input order.
@@ -210,10 +215,7 @@ pub async fn send_lines(
         let line = match line {
             Line::Complete(line) => line,
             Line::Oversized { head, len } => {
-                let reason = format!(
-                    "line of {len} bytes is longer than max_line_bytes; its first {} bytes are kept",
-                    head.len()
-                );
+                let reason = oversized_reason("line", &head, len);
                 ctx.reject_raw(Bytes::from(head), Event::new(Value::Null, meta), reason, token.clone())
                     .await?;
                 continue;

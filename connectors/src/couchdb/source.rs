@@ -30,7 +30,7 @@ use super::checkpoint::{classify, Checkpoint};
 use super::client::{error_of, Client};
 use super::config::{CouchdbSourceConfig, Feed, StartFrom};
 use super::feed::{parse_line, request, row_event, row_seq, seq_number, FeedItem, Line, RowEvent};
-use crate::lines::{is_blank, trim_newline, Line as RawLine, LineBuffer};
+use crate::lines::{is_blank, oversized_reason, trim_newline, Line as RawLine, LineBuffer};
 
 /// The running source.
 pub struct ChangesSource {
@@ -394,10 +394,7 @@ fn feed_line(line: RawLine, rows: &mut Vec<FeedItem>) -> Option<Result<Option<Va
     let bytes = match line {
         RawLine::Complete(bytes) => bytes,
         RawLine::Oversized { head, len } => {
-            let reason = format!(
-                "change line of {len} bytes is longer than max_line_bytes; its first {} bytes are kept",
-                head.len()
-            );
+            let reason = oversized_reason("change line", &head, len);
             rows.push(FeedItem::Poison { original: Bytes::from(head), reason });
             return None;
         }
