@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ack::AckToken;
 use crate::checkpoint::CheckpointStore;
 use crate::event::Event;
+use crate::health::ComponentHealth;
 use crate::metrics::ComponentMetrics;
 use crate::telemetry::{SourceSpans, StageTelemetry};
 
@@ -115,6 +116,10 @@ pub struct SourceContext {
     pub metrics: ComponentMetrics,
     /// Directory of the pipeline file, for relative paths.
     pub base_dir: PathBuf,
+    /// Where the source says whether it reaches its server: [`ComponentHealth::failed`] after
+    /// each retriable failure to connect or read, [`ComponentHealth::succeeded`] when it answers.
+    /// Failing for [`crate::health::DEFAULT_DEGRADED_AFTER`] makes the pipeline `degraded`.
+    pub health: ComponentHealth,
     pub(crate) out: crate::runtime::downstream::Downstream,
     pub(crate) dead_letter: mpsc::Sender<Rejected>,
     pub(crate) telemetry: StageTelemetry,

@@ -10,7 +10,9 @@
 //! (servers that ignore `timeout` keep dead feeds open forever). Reopening backs off
 //! exponentially from `initial_backoff_ms` to `max_backoff_ms`. While downstream is full the
 //! source stops reading the response, so the server's writes block: the feed is paused, not
-//! buffered.
+//! buffered. Every retriable failure to read the checkpoint or keep the feed open is reported to
+//! `ctx.health`, every successful open clears it: a server unreachable for longer than the
+//! engine's threshold makes the pipeline `degraded` (`/ready` 503).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,6 +84,7 @@ impl ChangesSource {
             match attempt {
                 Ok(seq) => return Ok(Some(seq)),
                 Err(e) if e.class == ErrorClass::Retriable => {
+                    ctx.health.failed(&e.message);
                     tracing::warn!(database = self.client.database(), error = %e.message, "cannot read the checkpoint yet; retrying");
                     if !backoff.sleep(ctx).await {
                         return Ok(None);
@@ -336,6 +339,8 @@ impl ChangesSource {
         while !run.ctx.shutdown.is_cancelled() {
             let outcome = match self.open(run).await {
                 Ok(resp) => {
+                    // The server answers (the checkpoint read before this may have failed).
+                    run.ctx.health.succeeded();
                     backoff.reset();
                     match self.cfg().feed {
                         Feed::Continuous => self.stream(run, resp).await,
@@ -348,6 +353,7 @@ impl ChangesSource {
                 Ok(Ended::Stop) => break,
                 Ok(Ended::Reopen) => {}
                 Err(e) if e.class == ErrorClass::Retriable => {
+                    run.ctx.health.failed(&e.message);
                     tracing::warn!(database = %run.database, error = %e.message, since = %run.since, "_changes feed interrupted; reopening");
                     self.commit(run).await;
                     if !backoff.sleep(run.ctx).await {

@@ -9,14 +9,13 @@ use toml_edit::{Document, Table};
 
 use super::diagnostic::{did_you_mean, ConfigErrors, Diagnostic, SourceFile};
 use super::locate::{locate, Converter};
-use super::{ComponentDef, PipelineDef, SinkDef, SinkOptions, TestCase};
+use super::{ComponentDef, PipelineDef, SinkDef, SinkOptions, TestCase, SINK_OPTION_KEYS};
 use crate::registry::{parse_typed, CheckContext, Entry, ParseFailure, Registry};
 
 /// How `${VAR}` is resolved (the process environment in production, a map in tests).
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 const TOP_LEVEL: &[&str] = &["name", "description", "source", "transforms", "sinks", "dead_letter", "test"];
-const SINK_COMMON: &[&str] = &["max_in_flight", "rate_limit", "batch", "retry", "buffer"];
 
 /// Files named on the command line: files as given, directories expanded to their `*.toml`
 /// files (sorted, not recursive).
@@ -477,12 +476,12 @@ impl Loader<'_> {
         ids: &mut BTreeMap<String, ()>,
     ) -> Option<SinkDef> {
         let entries = &self.registry.sinks;
-        let (component, common) = self.component(value, path, kind, entries, ids, SINK_COMMON)?;
+        let (component, common) = self.component(value, path, kind, entries, ids, SINK_OPTION_KEYS)?;
         let common = Value::Object(common);
         let options: SinkOptions = match parse_typed(common.clone()) {
             Ok(o) => o,
             Err(f) => {
-                let fields: Vec<String> = SINK_COMMON.iter().map(|s| s.to_string()).collect();
+                let fields: Vec<String> = SINK_OPTION_KEYS.iter().map(|s| s.to_string()).collect();
                 self.report(f, path, &format!("{kind} `{}`", component.type_name), &fields);
                 return None;
             }

@@ -84,7 +84,17 @@ pub struct SinkOptions {
     /// Batches queued in front of the sink before the pipeline waits.
     #[schemars(range(min = 1, max = 65536))]
     pub buffer: usize,
+    /// How long every attempt to start the sink or write to it may fail with a retriable error
+    /// before the pipeline reports `degraded`, in milliseconds: `/ready` answers 503 and the
+    /// `/health` body names the sink and its last error. The first write that gets through
+    /// makes the pipeline `running` again. Retrying goes on either way.
+    #[schemars(range(min = 0, max = 86400000))]
+    pub degraded_after_ms: u64,
 }
+
+/// The keys of [`SinkOptions`]: split from a sink table before its own keys are parsed.
+pub(crate) const SINK_OPTION_KEYS: &[&str] =
+    &["max_in_flight", "rate_limit", "batch", "retry", "buffer", "degraded_after_ms"];
 
 impl Default for SinkOptions {
     fn default() -> Self {
@@ -94,6 +104,7 @@ impl Default for SinkOptions {
             batch: BatchOptions::default(),
             retry: RetryOptions::default(),
             buffer: 4,
+            degraded_after_ms: 30_000,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use serde_json::{Map, Value};
 
 use super::schema::pipeline_schema;
+use super::SINK_OPTION_KEYS;
 use crate::registry::Registry;
 
 /// Markdown reference of every registered component and the sinks' delivery options.
@@ -24,7 +25,7 @@ pub fn reference_markdown(registry: &Registry) -> String {
     }
     md.push_str("\n## Delivery options of every sink\n\n");
     if let Some(props) = defs["sink"]["oneOf"][0]["properties"].as_object() {
-        table(&mut md, props, &[], &defs, |k| SINK_OPTIONS.contains(&k));
+        table(&mut md, props, &[], &defs, |k| SINK_OPTION_KEYS.contains(&k));
     }
     for name in ["BatchOptions", "RetryOptions"] {
         if let Some(props) = defs.get(name).and_then(|d| d["properties"].as_object()) {
@@ -34,8 +35,6 @@ pub fn reference_markdown(registry: &Registry) -> String {
     }
     md
 }
-
-const SINK_OPTIONS: &[&str] = &["max_in_flight", "rate_limit", "batch", "retry", "buffer"];
 
 fn component(md: &mut String, variant: &Value, defs: &Map<String, Value>, is_sink: bool) {
     let name = variant["properties"]["type"]["const"].as_str().unwrap_or("?");
@@ -57,7 +56,7 @@ fn component(md: &mut String, variant: &Value, defs: &Map<String, Value>, is_sin
 }
 
 fn skip(key: &str, is_sink: bool) -> bool {
-    key == "type" || key == "id" || (is_sink && SINK_OPTIONS.contains(&key))
+    key == "type" || key == "id" || (is_sink && SINK_OPTION_KEYS.contains(&key))
 }
 
 fn table(

@@ -28,7 +28,7 @@ use downstream::Downstream;
 use crate::checkpoint::CheckpointStore;
 use crate::component::{Batch, ComponentError, ErrorClass, Rejected, SourceContext};
 use crate::config::{PipelineDef, SinkDef};
-use crate::health::Health;
+use crate::health::{ComponentHealth, Health, DEFAULT_DEGRADED_AFTER};
 use crate::metrics::Metrics;
 use crate::registry::BuildContext;
 use crate::telemetry::{Role, StageTelemetry, Telemetry};
@@ -74,6 +74,7 @@ struct Shared {
     fatal: CancellationToken,
     fatal_reason: Arc<Mutex<Option<String>>>,
     telemetry: Telemetry,
+    health: Health,
 }
 
 impl Shared {
@@ -120,9 +121,12 @@ impl Shared {
             Fallback::DeadLetter(_) => Role::Sink,
         };
         let telemetry = self.stage(id, &sink.component.type_name, role);
+        let stage = format!("sink.{id}");
+        let degraded_after = Duration::from_millis(sink.options.degraded_after_ms);
         let driver = SinkDriver {
             telemetry,
-            stage: format!("sink.{id}"),
+            health: self.health.component(&self.name, &stage, degraded_after),
+            stage,
             sink: built.clone(),
             options: sink.options.clone(),
             metrics: self.metrics.component(&self.name, id, kind),
@@ -166,8 +170,10 @@ pub async fn run_pipeline_traced(
         fatal: fatal.clone(),
         fatal_reason: Arc::new(Mutex::new(None)),
         telemetry,
+        health: health.clone(),
     };
     let name = shared.name.clone();
+    // Before any component takes its health handle: a new run starts without the old outages.
     health.starting(&name);
 
     // Build everything before any I/O so configuration mistakes surface at once.
@@ -207,9 +213,10 @@ pub async fn run_pipeline_traced(
         .map_err(|e| shared.build_error(&source_id, e))?;
 
     // Targets first: a sink that cannot start keeps the source from reading.
-    let to_start = std::iter::once(&dl_sink).chain(sinks.iter().map(|((_, s), _)| s));
-    for sink in to_start {
-        start_sink(sink.as_ref(), &fatal)
+    let to_start = std::iter::once((&dl_sink, &dl_driver.health))
+        .chain(sinks.iter().map(|((driver, sink), _)| (sink, &driver.health)));
+    for (sink, sink_health) in to_start {
+        start_sink(sink.as_ref(), sink_health, &fatal)
             .await
             .map_err(|e| PipelineError::Failed { pipeline: name.to_string(), reason: e.message })?;
     }
@@ -243,6 +250,7 @@ pub async fn run_pipeline_traced(
         out: downstream,
         dead_letter: dl_tx,
         telemetry: shared.stage(&source_id, &def.source.type_name, Role::Source),
+        health: health.component(&name, &format!("source.{source_id}"), DEFAULT_DEGRADED_AFTER),
     };
     health.running(&name);
     tracing::info!(pipeline = %name, source = %source_id, sinks = def.sinks.len(), transforms = def.transforms.len(), "pipeline running");
@@ -313,16 +321,23 @@ pub(crate) fn panic_of(joined: Result<(), tokio::task::JoinError>) -> Option<Str
     }
 }
 
+/// Start `sink`, retrying retriable failures (each one told to `health`: a sink that cannot start
+/// degrades the starting pipeline like one that cannot write).
 async fn start_sink(
     sink: &dyn crate::component::Sink,
+    health: &ComponentHealth,
     stop: &CancellationToken,
 ) -> Result<(), ComponentError> {
     let retry = crate::config::RetryOptions::default();
     let mut attempt = 0;
     loop {
         match sink.start().await {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                health.succeeded();
+                return Ok(());
+            }
             Err(e) if e.class == ErrorClass::Retriable => {
+                health.failed(&e.message);
                 attempt += 1;
                 tracing::warn!(attempt, error = %e.message, "sink not ready; retrying");
                 tokio::select! {

@@ -11,9 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::ack::AckToken;
-use crate::component::{Batch, ErrorClass, Rejected, Sink};
+use crate::component::{Batch, ErrorClass, Rejected, Sink, WriteResult};
 use crate::config::{RetryOptions, SinkOptions};
 use crate::event::Event;
+use crate::health::ComponentHealth;
 use crate::metrics::ComponentMetrics;
 use crate::telemetry::{record_error, sink_delivered, sink_failed, sink_retry, SinkSpans, StageTelemetry};
 
@@ -36,6 +37,19 @@ pub(crate) struct SinkDriver {
     pub fatal_reason: Arc<std::sync::Mutex<Option<String>>>,
     /// Span names and tracer: `sink.<type>` or `dead_letter`, per attempt and per traced event.
     pub telemetry: StageTelemetry,
+    /// Told after every attempt whether anything got through (`degraded_after_ms`).
+    pub health: ComponentHealth,
+}
+
+/// How one write attempt went, and what is left to retry.
+#[derive(Default)]
+struct Attempt {
+    delivered: usize,
+    rejected: usize,
+    retry_events: Vec<Event>,
+    retry_acks: Vec<AckToken>,
+    retry_traced: SinkSpans,
+    last_error: String,
 }
 
 struct RateLimiter {
@@ -153,47 +167,13 @@ impl SinkDriver {
             let started = Instant::now();
             let results = self.sink.write(&events).instrument(span.clone()).await;
             self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
-            let mut retry_events = Vec::new();
-            let mut retry_acks = Vec::new();
-            let mut retry_traced = SinkSpans::default();
-            let (mut delivered, mut rejected) = (0usize, 0usize);
-            let mut last_error = String::new();
-            let mut results = results.into_iter();
-            for (i, (event, ack)) in events.into_iter().zip(acks).enumerate() {
-                let result = results.next().unwrap_or_else(|| {
-                    Err(crate::component::ComponentError::retriable(
-                        "sink returned fewer results than events",
-                    ))
-                });
-                let mut event_span = traced.take(i);
-                match result {
-                    Ok(()) => {
-                        self.metrics.events_out.inc();
-                        ack.ack();
-                        delivered += 1;
-                        sink_delivered(event_span, attempt + 1);
-                    }
-                    Err(e) => match e.class {
-                        ErrorClass::Retriable => {
-                            sink_retry(&mut event_span, attempt + 1, &e.message);
-                            last_error = e.message;
-                            retry_traced.keep(retry_events.len(), event_span);
-                            retry_events.push(event);
-                            retry_acks.push(ack);
-                        }
-                        ErrorClass::Reject => {
-                            rejected += 1;
-                            sink_failed(event_span, "rejected", &e.message, attempt + 1);
-                            self.reject(event, ack, e.message).await
-                        }
-                        ErrorClass::Fatal => {
-                            tracing::error!(stage = %self.stage, error = %e.message, "fatal sink error; stopping the pipeline");
-                            sink_failed(event_span, "failed", &e.message, attempt + 1);
-                            self.fail(format!("{}: {}", self.stage, e.message));
-                            drop(ack); // abandoned: it will be read again after a restart
-                        }
-                    },
-                }
+            let Attempt { delivered, rejected, retry_events, retry_acks, mut retry_traced, last_error } =
+                self.settle(events, acks, results, &mut traced, attempt).await;
+            // Anything delivered means the target answers; an all-rejected write says nothing.
+            if delivered > 0 {
+                self.health.succeeded();
+            } else if !retry_events.is_empty() {
+                self.health.failed(&last_error);
             }
             span.record("feedline.events.delivered", delivered);
             span.record("feedline.events.rejected", rejected);
@@ -232,6 +212,55 @@ impl SinkDriver {
             acks = retry_acks;
             traced = retry_traced;
         }
+    }
+
+    /// Resolve each event of one attempt by its result: delivered and rejected events are done,
+    /// retriable ones are kept for the next attempt, a fatal one stops the pipeline.
+    async fn settle(
+        &self,
+        events: Vec<Event>,
+        acks: Vec<AckToken>,
+        results: Vec<WriteResult>,
+        traced: &mut SinkSpans,
+        attempt: u32,
+    ) -> Attempt {
+        let mut out = Attempt::default();
+        let mut results = results.into_iter();
+        for (i, (event, ack)) in events.into_iter().zip(acks).enumerate() {
+            let result = results.next().unwrap_or_else(|| {
+                Err(crate::component::ComponentError::retriable("sink returned fewer results than events"))
+            });
+            let mut event_span = traced.take(i);
+            match result {
+                Ok(()) => {
+                    self.metrics.events_out.inc();
+                    ack.ack();
+                    out.delivered += 1;
+                    sink_delivered(event_span, attempt + 1);
+                }
+                Err(e) => match e.class {
+                    ErrorClass::Retriable => {
+                        sink_retry(&mut event_span, attempt + 1, &e.message);
+                        out.last_error = e.message;
+                        out.retry_traced.keep(out.retry_events.len(), event_span);
+                        out.retry_events.push(event);
+                        out.retry_acks.push(ack);
+                    }
+                    ErrorClass::Reject => {
+                        out.rejected += 1;
+                        sink_failed(event_span, "rejected", &e.message, attempt + 1);
+                        self.reject(event, ack, e.message).await
+                    }
+                    ErrorClass::Fatal => {
+                        tracing::error!(stage = %self.stage, error = %e.message, "fatal sink error; stopping the pipeline");
+                        sink_failed(event_span, "failed", &e.message, attempt + 1);
+                        self.fail(format!("{}: {}", self.stage, e.message));
+                        drop(ack); // abandoned: it will be read again after a restart
+                    }
+                },
+            }
+        }
+        out
     }
 
     async fn reject(&self, event: Event, ack: AckToken, error: String) {
