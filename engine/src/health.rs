@@ -211,7 +211,14 @@ impl ComponentHealth {
 
     /// An attempt failed with this retriable error (a `ComponentError` message: no secrets).
     pub fn failed(&self, error: &str) {
-        self.failed_at(error, Instant::now())
+        let now = Instant::now();
+        self.failed_at(error, now, now)
+    }
+
+    /// An attempt that began at `started` failed with this retriable error: an outage that starts
+    /// here counts from `started` (a write that took its whole timeout to fail was failing all along).
+    pub fn failed_since(&self, error: &str, started: Instant) {
+        self.failed_at(error, started, Instant::now())
     }
 
     /// An attempt got through: the outage, if any, is over.
@@ -219,11 +226,11 @@ impl ComponentHealth {
         self.succeeded_at(Instant::now())
     }
 
-    fn failed_at(&self, error: &str, now: Instant) {
+    fn failed_at(&self, error: &str, started: Instant, now: Instant) {
         let Some(t) = &self.target else { return };
         t.with_outages(|outages| {
             let outage = outages.entry(t.component.clone()).or_insert_with(|| Outage {
-                since: now,
+                since: started.min(now),
                 after: t.after,
                 last_error: String::new(),
                 logged: false,
@@ -298,8 +305,8 @@ mod tests {
         let sink = h.component("p", "sink.out", Duration::from_secs(30));
         h.running("p");
         let t0 = Instant::now();
-        sink.failed_at("connection refused", t0);
-        sink.failed_at("timed out", t0 + Duration::from_secs(20));
+        sink.failed_at("connection refused", t0, t0);
+        sink.failed_at("timed out", t0 + Duration::from_secs(20), t0 + Duration::from_secs(20));
         assert_eq!(h.snapshot_at(t0 + Duration::from_secs(29))["p"], PipelineState::Running);
         assert!(h.ready_at(t0 + Duration::from_secs(29)));
         // No new report needed: the probe judges the outage when it asks.
@@ -310,8 +317,20 @@ mod tests {
         sink.succeeded_at(t0 + Duration::from_secs(32));
         assert_eq!(h.snapshot_at(t0 + Duration::from_secs(40))["p"], PipelineState::Running);
         // A new outage counts from its own first failure.
-        sink.failed_at("refused", t0 + Duration::from_secs(50));
+        sink.failed_at("refused", t0 + Duration::from_secs(50), t0 + Duration::from_secs(50));
         assert!(h.ready_at(t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn an_outage_counts_from_the_start_of_the_attempt_that_failed() {
+        let h = Health::default();
+        h.starting("p");
+        let sink = h.component("p", "sink.out", Duration::from_secs(30));
+        h.running("p");
+        let t0 = Instant::now();
+        // One write that hung for its whole 30 s timeout before failing.
+        sink.failed_at("timed out", t0, t0 + Duration::from_secs(30));
+        assert!(degraded_reason(&h, "p", t0 + Duration::from_secs(30)).is_some());
     }
 
     #[test]
@@ -324,8 +343,8 @@ mod tests {
         );
         h.running("p");
         let t0 = Instant::now();
-        a.failed_at("a down", t0);
-        b.failed_at("b down", t0);
+        a.failed_at("a down", t0, t0);
+        b.failed_at("b down", t0, t0);
         let reason = degraded_reason(&h, "p", t0 + Duration::from_secs(2)).unwrap();
         assert!(reason.contains("sink.a") && !reason.contains("source.kafka"), "{reason}");
         let reason = degraded_reason(&h, "p", t0 + Duration::from_secs(11)).unwrap();
@@ -341,7 +360,7 @@ mod tests {
         h.starting("p");
         let sink = h.component("p", "sink.out", Duration::ZERO);
         let now = Instant::now();
-        sink.failed_at("refused", now);
+        sink.failed_at("refused", now, now);
         assert!(degraded_reason(&h, "p", now).is_some());
         h.failed("p", "fatal");
         assert_eq!(h.snapshot_at(now)["p"], PipelineState::Failed("fatal".into()));
@@ -357,8 +376,8 @@ mod tests {
         h.starting("p");
         h.running("p");
         let now = Instant::now();
-        old.failed_at("refused", now);
-        ComponentHealth::detached().failed_at("refused", now);
+        old.failed_at("refused", now, now);
+        ComponentHealth::detached().failed_at("refused", now, now);
         assert_eq!(h.snapshot_at(now)["p"], PipelineState::Running);
         let json = serde_json::to_value(PipelineState::Degraded("sink.out: x".into())).unwrap();
         assert_eq!(json, serde_json::json!({"state": "degraded", "reason": "sink.out: x"}));

@@ -72,12 +72,29 @@ pub fn listen_addr(f: &Feedline, timeout: Duration) -> String {
 
 /// GET `path` from `addr` over HTTP/1.0: the body, or the connection error.
 pub fn try_http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    try_http_get_status(addr, path).map(|(_, body)| body)
+}
+
+/// GET `path` from `addr` over HTTP/1.0: the status code (0 when the answer has no status line)
+/// and the body, or the connection error.
+pub fn try_http_get_status(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
-    Ok(text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
+    let status = text.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// [`try_http_get_status`] with the body parsed as JSON, panicking when the process does not
+/// answer or the body is not JSON.
+pub fn http_get_json(addr: &str, path: &str) -> (u16, serde_json::Value) {
+    let (status, body) =
+        try_http_get_status(addr, path).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"));
+    let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body:?}"));
+    (status, json)
 }
 
 /// [`try_http_get`], panicking when the process does not answer.

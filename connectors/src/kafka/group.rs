@@ -17,12 +17,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use feedline_engine::health::ComponentHealth;
 use feedline_engine::metrics::ComponentMetrics;
 use feedline_engine::Tracker;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 
@@ -203,6 +205,9 @@ pub struct GroupContext {
     pub metrics: ComponentMetrics,
     /// How long a revocation may wait for the revoked partitions' in-flight events.
     pub revoke_drain: Duration,
+    /// Told by every statistics report whether any broker is up, and by librdkafka's
+    /// "all brokers down" error at once: unreachable for long enough, the pipeline is degraded.
+    pub health: ComponentHealth,
 }
 
 impl GroupContext {
@@ -236,10 +241,18 @@ impl ClientContext for GroupContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(target: "librdkafka", %error, reason, "kafka client error");
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.health.failed(NO_BROKER_UP);
+        }
     }
 
     fn stats_raw(&self, statistics: &[u8]) {
         let Ok(stats) = serde_json::from_slice::<Stats>(statistics) else { return };
+        if stats.any_broker_up() {
+            self.health.succeeded();
+        } else {
+            self.health.failed(NO_BROKER_UP);
+        }
         let st = self.state.lock();
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
@@ -337,11 +350,30 @@ pub fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
     }
 }
 
+/// What the source reports while librdkafka reaches no broker (no addresses: they are in the
+/// log lines librdkafka writes itself).
+const NO_BROKER_UP: &str = "no Kafka broker is reachable";
+
 /// The part of librdkafka's statistics JSON the source reads.
 #[derive(Deserialize)]
 struct Stats {
     #[serde(default)]
     topics: HashMap<String, TopicStats>,
+    /// By broker name, the bootstrap entries included.
+    #[serde(default)]
+    brokers: HashMap<String, BrokerStats>,
+}
+
+impl Stats {
+    fn any_broker_up(&self) -> bool {
+        self.brokers.values().any(|b| b.state == "UP")
+    }
+}
+
+#[derive(Deserialize)]
+struct BrokerStats {
+    #[serde(default)]
+    state: String,
 }
 
 #[derive(Deserialize)]
@@ -363,6 +395,16 @@ fn unknown() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statistics_say_whether_any_broker_is_up() {
+        let down = br#"{"brokers":{"127.0.0.1:9/bootstrap":{"state":"CONNECT","nodeid":-1}},"topics":{}}"#;
+        let up =
+            br#"{"brokers":{"127.0.0.1:9/bootstrap":{"state":"DOWN"},"127.0.0.1:9092/1":{"state":"UP"}}}"#;
+        assert!(!serde_json::from_slice::<Stats>(down).unwrap().any_broker_up());
+        assert!(serde_json::from_slice::<Stats>(up).unwrap().any_broker_up());
+        assert!(!serde_json::from_slice::<Stats>(b"{}").unwrap().any_broker_up());
+    }
 
     fn tpl(parts: &[(&str, i32)]) -> TopicPartitionList {
         let mut t = TopicPartitionList::new();
@@ -429,6 +471,7 @@ mod tests {
             source: "k".into(),
             metrics: metrics.component("p", "k", "source"),
             revoke_drain: Duration::ZERO,
+            health: ComponentHealth::detached(),
         };
         ctx.state.lock().assign(&tpl(&[("t", 0)]), &"k".into());
         ctx.stats_raw(br#"{"topics":{"t":{"partitions":{"0":{"consumer_lag":42},"1":{"consumer_lag":7},"-1":{"consumer_lag":-1}}}}}"#);

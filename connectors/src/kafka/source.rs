@@ -51,6 +51,7 @@ impl Source for KafkaSource {
             source: ctx.component_id.clone(),
             metrics: ctx.metrics.clone(),
             revoke_drain: Duration::from_millis(self.config.revoke_drain_ms),
+            health: ctx.health.clone(),
         };
         let consumer = GroupConsumer::from_config_and_context(&self.config.client_config(), context)
             .map_err(|e| ComponentError::fatal(format!("kafka consumer: {}", redact_client_error(&e))))?;

@@ -173,7 +173,7 @@ impl SinkDriver {
             if delivered > 0 {
                 self.health.succeeded();
             } else if !retry_events.is_empty() {
-                self.health.failed(&last_error);
+                self.health.failed_since(&last_error, started);
             }
             span.record("feedline.events.delivered", delivered);
             span.record("feedline.events.rejected", rejected);
