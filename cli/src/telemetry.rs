@@ -188,6 +188,17 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `url` with any `user:token@` before its host replaced by `***@`, for logs and errors.
+fn without_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) if scheme.is_empty() => format!("***{}", &rest[at..]),
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// Join a base endpoint and the signal path the way the OTLP/HTTP spec says.
 fn http_traces_url(base: &str) -> String {
     format!("{}/v1/traces", base.trim_end_matches('/'))
@@ -226,13 +237,14 @@ fn resolve(
         return Ok(None); // no endpoint: tracing off
     };
     if endpoint.starts_with("https://") {
+        let endpoint = without_userinfo(&endpoint);
         bail!(
             "OTLP endpoint `{endpoint}`: TLS is not built into feedline's exporter; send to a collector \
              or agent next to it over http:// (see docs/observability.md)"
         );
     }
     if !endpoint.starts_with("http://") {
-        bail!("OTLP endpoint `{endpoint}` must start with http://");
+        bail!("OTLP endpoint `{}` must start with http://", without_userinfo(&endpoint));
     }
     let mut resource_attributes = file.resource_attributes.clone();
     if let Some(text) = env("OTEL_RESOURCE_ATTRIBUTES") {
@@ -427,7 +439,7 @@ pub fn init(format: LogFormat, config_file: Option<&Path>, exporting: bool) -> a
     };
     tracing_subscriber::registry().with(fmt).with(otel_layer).init();
     if let Some(c) = &resolved {
-        tracing::info!(endpoint = %c.endpoint, protocol = ?c.protocol, service = %c.service_name, sampler = %c.sampler, sampler_arg = ?c.sampler_arg, "exporting traces over OTLP");
+        tracing::info!(endpoint = %without_userinfo(&c.endpoint), protocol = ?c.protocol, service = %c.service_name, sampler = %c.sampler, sampler_arg = ?c.sampler_arg, "exporting traces over OTLP");
     }
     Ok(installed)
 }
@@ -438,6 +450,19 @@ mod tests {
 
     fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
         move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn userinfo_never_reaches_a_log_line_or_an_error() {
+        assert_eq!(without_userinfo("http://user:tok@c:4318/v1/traces"), "http://***@c:4318/v1/traces");
+        assert_eq!(without_userinfo("http://c:4318/a@b"), "http://c:4318/a@b");
+        assert_eq!(without_userinfo("grpc://c:4317"), "grpc://c:4317");
+        let err = resolve(None, &env_of(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://u:s3cret@c:4318")]))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cret") && err.contains("***@c:4318"), "{err}");
+        let err = resolve(None, &env_of(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://u:s3cret@c")])).unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 
     #[test]

@@ -172,13 +172,33 @@ fn default_replication() -> i32 {
 #[serde(transparent)]
 pub struct Librdkafka(pub BTreeMap<String, Value>);
 
-/// Key fragments whose values are secrets.
-const SECRET_HINTS: [&str; 5] = ["password", "secret", "key", "token", "jaas"];
+/// Key fragments whose values are secrets (covers properties librdkafka does not know yet).
+const SECRET_HINTS: [&str; 6] = ["password", "secret", "key", "token", "jaas", "credential"];
 
-/// True when the value of property `key` must never be logged.
+/// The properties librdkafka 2.12 itself flags `_RK_SENSITIVE` (`rdkafka_conf.c`), so it redacts
+/// them in its own dumps. Some carry no hint in their name (`sasl.username`,
+/// `sasl.oauthbearer.config`, `ssl.ca.pem`).
+const LIBRDKAFKA_SENSITIVE: [&str; 13] = [
+    "sasl.username",
+    "sasl.password",
+    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.assertion.private.key.file",
+    "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.pem",
+    "ssl.ca.pem",
+    "ssl.key.location",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl.keystore.password",
+    "ssl_key",
+];
+
+/// True when the value of property `key` must never be logged: librdkafka's own sensitive list,
+/// plus any key whose name hints at a secret.
 pub fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    SECRET_HINTS.iter().any(|hint| key.contains(hint))
+    LIBRDKAFKA_SENSITIVE.contains(&key.as_str()) || SECRET_HINTS.iter().any(|hint| key.contains(hint))
 }
 
 impl Librdkafka {
@@ -455,7 +475,8 @@ mod tests {
         let cfg = source(serde_json::json!({"librdkafka": {
             "sasl.password": "hunter2", "sasl.jaas.config": "user=x password=hunter2",
             "ssl.key.password": "hunter2", "sasl.oauthbearer.client.secret": "hunter2",
-            "security.protocol": "SASL_SSL"
+            "sasl.username": "hunter2", "sasl.oauthbearer.config": "principal=hunter2",
+            "ssl.ca.pem": "hunter2", "security.protocol": "SASL_SSL"
         }}));
         let shown = format!("{cfg:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
