@@ -123,19 +123,49 @@ pub fn load_file(path: &Path, registry: &Registry, env: EnvLookup<'_>) -> Result
         _ => {
             for d in &mut diagnostics {
                 redact(&mut d.message, &secrets);
+                if let Some(hint) = &mut d.hint {
+                    redact(hint, &secrets);
+                }
             }
             Err(ConfigErrors(diagnostics))
         }
     }
 }
 
-/// Substituted environment values may be secrets: keep them out of messages.
+/// Substituted environment values may be secrets: keep them out of messages and hints. A value
+/// of four characters or more goes wherever it appears; a shorter one wherever it stands as a
+/// token of its own (replacing every `a` in a message would make it unreadable, and a one-letter
+/// secret inside another word tells nothing).
 fn redact(message: &mut String, substituted: &[String]) {
-    for s in substituted.iter().filter(|s| s.len() >= 4) {
-        if message.contains(s.as_str()) {
-            *message = message.replace(s.as_str(), "***");
+    for s in substituted.iter().filter(|s| !s.is_empty()) {
+        if s.len() >= 4 {
+            if message.contains(s.as_str()) {
+                *message = message.replace(s.as_str(), "***");
+            }
+        } else {
+            *message = replace_tokens(message, s);
         }
     }
+}
+
+/// `text` with every occurrence of `word` not touching a letter, digit or `_` replaced by `***`.
+fn replace_tokens(text: &str, word: &str) -> String {
+    let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(word) {
+        let (before, after) = (rest[..at].chars().next_back(), rest[at + word.len()..].chars().next());
+        let before_ok = !is_word(before) && !(at == 0 && is_word(out.chars().next_back()));
+        out.push_str(&rest[..at]);
+        if before_ok && !is_word(after) {
+            out.push_str("***");
+        } else {
+            out.push_str(word);
+        }
+        rest = &rest[at + word.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 struct Loader<'a> {
@@ -548,4 +578,18 @@ fn field_names(schema: &Value, common: &[&str]) -> Vec<String> {
         .unwrap_or_default();
     names.extend(["type", "id"].iter().chain(common).map(|s| s.to_string()));
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_secrets_are_redacted_where_they_stand_alone_and_long_ones_everywhere() {
+        let secrets = vec!["x9".to_owned(), "hunter2".to_owned()];
+        let mut message = "`x9` is not a number; x9y and ax9 stay; key=hunter2abc".to_owned();
+        redact(&mut message, &secrets);
+        assert_eq!(message, "`***` is not a number; x9y and ax9 stay; key=***abc");
+        assert_eq!(replace_tokens("x9x9 x9", "x9"), "x9x9 ***");
+    }
 }
