@@ -242,9 +242,15 @@ fn sigterm_drains_commits_and_exits_zero_with_ops_endpoint() {
     assert_eq!(checkpoint["offset"].as_u64().unwrap(), file_len(&input));
 
     // A restart resumes from the checkpoint: nothing is delivered twice.
+    // Positive evidence that the restarted process has read past everything before it: one new
+    // line, appended after the checkpointed end, arrives.
     let mut again = Feedline::spawn(bin(), &args, &[], &dir.path().join("log2"));
-    std::thread::sleep(Duration::from_millis(800));
+    let mut f = std::fs::OpenOptions::new().append(true).open(&input).unwrap();
+    f.write_all(change(201).as_bytes()).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || delivered(&output).len() == 181), "{}", again.log());
     again.signal(SIGTERM);
     again.wait_timeout(Duration::from_secs(30)).expect("exits");
-    assert!(delivered(&output).values().all(|c| *c == 1), "a restart re-delivered events");
+    let seen = delivered(&output);
+    assert_eq!(seen.len(), 181);
+    assert!(seen.values().all(|c| *c == 1), "a restart re-delivered events");
 }

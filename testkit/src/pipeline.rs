@@ -112,12 +112,18 @@ pub fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// Every line of a JSON-lines file (none when it does not exist yet).
+/// Every complete line of a JSON-lines file (none when it does not exist yet). Strict: a complete
+/// line that does not parse panics (it is a torn or corrupted record). An unterminated last line
+/// is one being written while the test polls: left for the next read.
 pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{}: a line that is not JSON ({e}): {l:?}", path.display()))
+        })
         .collect()
 }
