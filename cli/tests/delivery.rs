@@ -101,6 +101,10 @@ fn sigkill_at_random_points_loses_nothing() {
     fractions.sort_by(f64::total_cmp);
     println!("kill points (fractions of output): {fractions:?}");
     let mut kills_mid_run = 0;
+    // The next run may re-deliver only what was delivered past the checkpoint at the kill.
+    let mut duplicate_bound = 0u64;
+    let input_text = std::fs::read(&input).unwrap();
+    let checkpoint = data.join("crash/file/position.json");
     for (i, fraction) in fractions.iter().enumerate() {
         let mut p = Feedline::spawn(bin(), &args, &[], &dir.path().join(format!("run{i}.log")));
         let target = (expected_bytes as f64 * fraction) as u64;
@@ -110,11 +114,24 @@ fn sigkill_at_random_points_loses_nothing() {
             kills_mid_run += 1;
         }
         p.wait_timeout(Duration::from_secs(10)).expect("killed process exits");
+        let offset = std::fs::read(&checkpoint)
+            .ok()
+            .map(|b| serde_json::from_slice::<Value>(&b).unwrap()["offset"].as_u64().unwrap())
+            .unwrap_or(0) as usize;
+        // Events are numbered by line: those before the checkpointed offset are done.
+        let checkpointed = input_text[..offset].iter().filter(|b| **b == b'\n').count() as u64;
+        duplicate_bound += delivered(&output)
+            .keys()
+            .filter_map(|id| id.strip_prefix("guest/action")?.parse::<u64>().ok())
+            .filter(|n| *n >= checkpointed)
+            .count() as u64;
     }
     let mut last = Feedline::spawn(bin(), &args, &[], &dir.path().join("final.log"));
     let status = last.wait_timeout(Duration::from_secs(120)).expect("final run finishes");
     assert!(status.success(), "final run failed:\n{}", last.log());
     assert!(kills_mid_run >= 3, "only {kills_mid_run} kills landed mid-run");
+    let end: Value = serde_json::from_slice(&std::fs::read(&checkpoint).unwrap()).unwrap();
+    assert_eq!(end["offset"].as_u64(), Some(file_len(&input)), "the checkpoint reaches the end of the input");
 
     let seen = delivered(&output);
     let mut missing = 0;
@@ -130,6 +147,11 @@ fn sigkill_at_random_points_loses_nothing() {
     }
     println!("crash test: {kills_mid_run} SIGKILLs mid-run, {} distinct delivered, {duplicates} duplicates, {missing} missing", seen.len());
     assert_eq!(missing, 0, "events lost across SIGKILL");
+    println!("duplicate bound (delivered past the checkpoint at each kill): {duplicate_bound}");
+    assert!(
+        duplicates <= duplicate_bound,
+        "{duplicates} duplicates, more than the {duplicate_bound} delivered past the checkpoints"
+    );
     assert_eq!(seen.len() as u64, EVENTS * 9 / 10);
 }
 

@@ -155,7 +155,7 @@ fn replace_tokens(text: &str, word: &str) -> String {
     let mut rest = text;
     while let Some(at) = rest.find(word) {
         let (before, after) = (rest[..at].chars().next_back(), rest[at + word.len()..].chars().next());
-        let before_ok = !is_word(before) && !(at == 0 && is_word(out.chars().next_back()));
+        let before_ok = !(is_word(before) || at == 0 && is_word(out.chars().next_back()));
         out.push_str(&rest[..at]);
         if before_ok && !is_word(after) {
             out.push_str("***");
